@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,12 +60,36 @@ class Run:
 
     @property
     def num_parameters(self) -> int | None:
-        return self.record.get("num_parameters")
+        """Trainable parameters; for course runs, counted on the network their name describes."""
+        if "num_parameters" in self.record:
+            return self.record["num_parameters"]
+        return parameters_from_name(self.name)
 
     @property
     def label(self) -> str:
         """Name for legends and titles, marked when the data is synthetic."""
         return f"{self.name} (synthetic data)" if self.synthetic else self.name
+
+
+_COURSE_NAME = re.compile(r"^VGG_(?P<depth>\d+)(?P<tags>(?:[ _+-]*(?:BN|RC))*)$", re.IGNORECASE)
+
+
+def parameters_from_name(name: str) -> int | None:
+    """Count the parameters of the network a course experiment name such as ``VGG_38_BN_RC`` describes.
+
+    Returns None for names that do not follow the ``VGG_<depth>`` pattern or
+    whose depth no 3-stage network has.
+    """
+    from labkit.networks import build_network, count_parameters
+
+    match = _COURSE_NAME.match(name.strip())
+    if match is None:
+        return None
+    blocks, remainder = divmod(int(match["depth"]) - 8, 6)
+    if blocks < 0 or remainder:
+        return None
+    tags = match["tags"].upper()
+    return count_parameters(build_network(blocks, bn="BN" in tags, residual="RC" in tags))
 
 
 def _read_summary(path: Path) -> pd.DataFrame:
