@@ -63,7 +63,9 @@ class GradientRecorder:
         self.records: list[dict] = []
         self._handles = []
         for index, (label, module) in enumerate(self.layers):
-            self._handles.append(module.weight.register_post_accumulate_grad_hook(self._make_grad_hook(index)))
+            # Frozen weights never get a gradient, so they get no hook and no record.
+            if module.weight.requires_grad:
+                self._handles.append(module.weight.register_post_accumulate_grad_hook(self._make_grad_hook(index)))
             self._handles.append(module.register_forward_pre_hook(self._make_order_hook(label)))
 
     def _make_order_hook(self, label: str):
