@@ -79,17 +79,30 @@ def md5_of(data: bytes) -> str:
 def locate_archive(path: str | Path) -> Path:
     """Return the archive or extracted folder that ``path`` names or contains.
 
+    A folder counts as extracted data when it contains any CIFAR-100 member, so
+    that a missing member is reported by name rather than as missing data.
+
     Raises:
         DataError: when no CIFAR-100 archive or folder is found there.
     """
     path = Path(path)
+    if path.name.endswith((".tar.gz", ".tgz")) and not path.exists():
+        raise DataError(f"{path} not found. {MANUAL_HELP}")
     candidates = [path, path / ARCHIVE_NAME, path / FOLDER_NAME]
     for candidate in candidates:
         if candidate.is_file() and candidate.name.endswith((".tar.gz", ".tgz")):
             return candidate
-        if candidate.is_dir() and (candidate / "train").is_file():
+        if candidate.is_dir() and any((candidate / name).is_file() for name in (*MEMBER_MD5, SYNTHETIC_MANIFEST)):
             return candidate
     raise DataError(f"No CIFAR-100 data found at {path}: looked for {', '.join(map(str, candidates[1:]))}. {MANUAL_HELP}")
+
+
+def _fix_hint(location: Path, synthetic: bool) -> str:
+    """Say how to replace a damaged archive or folder, for real or synthetic data."""
+    if synthetic:
+        return (f"Delete {location}; labkit writes a new synthetic archive where none exists "
+                "(data=synthetic), or call write_synthetic_cifar100.")
+    return f"Delete {location} and download the archive again. {MANUAL_HELP}"
 
 
 def _read_members(location: Path) -> dict[str, bytes]:
@@ -108,32 +121,73 @@ def _read_members(location: Path) -> dict[str, bytes]:
                 if info.isfile() and name in names and Path(info.name).parent.name == FOLDER_NAME:
                     members[name] = archive.extractfile(info).read()  # type: ignore[union-attr]
     except (tarfile.TarError, EOFError, OSError) as error:
+        # The archive's own md5 distinguishes a truncated official download from some other file.
+        actual = md5_of(location.read_bytes())
         raise DataError(
-            f"{location} is truncated or not a gzip tar archive ({error}). Delete it and download it again. {MANUAL_HELP}"
+            f"{location} is truncated or not a gzip tar archive ({error}); its md5 is {actual}, "
+            f"the official archive's is {CIFAR100.tgz_md5}. {_fix_hint(location, synthetic=False)}"
         ) from None
     return members
 
 
 def _check_members(location: Path, members: dict[str, bytes]) -> str:
-    """Verify every member's md5 and return the data source name."""
+    """Verify every member's md5 and return the data source name.
+
+    The official md5 sums apply to CIFAR-100; a synthetic archive carries its
+    own sums in its manifest.
+    """
     synthetic = SYNTHETIC_MANIFEST in members
-    expected = json.loads(members[SYNTHETIC_MANIFEST])["md5"] if synthetic else MEMBER_MD5
+    expected = _manifest_md5(location, members[SYNTHETIC_MANIFEST]) if synthetic else MEMBER_MD5
     for name, md5 in expected.items():
         if name not in members:
-            raise DataError(f"{location}: member {FOLDER_NAME}/{name} is missing. {MANUAL_HELP}")
+            raise DataError(f"{location}: member {FOLDER_NAME}/{name} is missing. {_fix_hint(location, synthetic)}")
         actual = md5_of(members[name])
         if actual != md5:
             raise DataError(
                 f"{location}: member {FOLDER_NAME}/{name} failed its md5 check "
-                f"(expected {md5}, got {actual}); the file is corrupt or truncated. {MANUAL_HELP}"
+                f"(expected {md5}, got {actual}), so the file is corrupt or truncated. {_fix_hint(location, synthetic)}"
             )
     return "synthetic" if synthetic else "CIFAR-100"
 
 
-def _unpickle(location: Path, name: str, raw: bytes) -> dict:
-    # The official files were pickled by Python 2; latin1 keeps their byte strings intact.
-    entry = pickle.loads(raw, encoding="latin1")
-    return {key.decode() if isinstance(key, bytes) else key: value for key, value in entry.items()}
+def _manifest_md5(location: Path, raw: bytes) -> dict[str, str]:
+    """Return the member md5 sums that a synthetic archive's manifest lists."""
+    try:
+        expected = json.loads(raw)["md5"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise DataError(
+            f"{location}: member {FOLDER_NAME}/{SYNTHETIC_MANIFEST} is not a valid manifest ({error!r}). "
+            f"{_fix_hint(location, synthetic=True)}"
+        ) from None
+    if not isinstance(expected, dict) or set(MEMBER_MD5) - set(expected):
+        raise DataError(
+            f"{location}: {FOLDER_NAME}/{SYNTHETIC_MANIFEST} must list md5 sums for {', '.join(MEMBER_MD5)}. "
+            f"{_fix_hint(location, synthetic=True)}"
+        )
+    return expected
+
+
+def _unpickle(location: Path, name: str, raw: bytes, keys: tuple[str, ...], source: str) -> dict:
+    """Unpickle one member that passed its md5 check and check that it has ``keys``."""
+    problem = ""
+    try:
+        # The official files were pickled by Python 2; latin1 keeps their byte strings intact.
+        entry = pickle.loads(raw, encoding="latin1")
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as error:
+        problem = f"unpickling failed: {error!r}"
+    else:
+        if isinstance(entry, dict):
+            entry = {key.decode() if isinstance(key, bytes) else key: value for key, value in entry.items()}
+            missing = [key for key in keys if key not in entry]
+            problem = f"keys {', '.join(missing)} are missing" if missing else ""
+        else:
+            problem = f"it holds a {type(entry).__name__}, not a dict"
+    if problem:
+        raise DataError(
+            f"{location}: member {FOLDER_NAME}/{name} passed its md5 check but is not a CIFAR-100 file "
+            f"({problem}). {_fix_hint(location, source == 'synthetic')}"
+        )
+    return entry
 
 
 def _images(entry: dict) -> np.ndarray:
@@ -150,9 +204,9 @@ def read_cifar100(path: str | Path) -> ImageArrays:
     location = locate_archive(path)
     members = _read_members(location)
     source = _check_members(location, members)
-    train = _unpickle(location, "train", members["train"])
-    test = _unpickle(location, "test", members["test"])
-    meta = _unpickle(location, "meta", members["meta"])
+    train = _unpickle(location, "train", members["train"], ("data", "fine_labels"), source)
+    test = _unpickle(location, "test", members["test"], ("data", "fine_labels"), source)
+    meta = _unpickle(location, "meta", members["meta"], ("fine_label_names",), source)
     return ImageArrays(
         train_images=_images(train),
         train_labels=np.asarray(train["fine_labels"], dtype=np.int64),
@@ -163,30 +217,35 @@ def read_cifar100(path: str | Path) -> ImageArrays:
     )
 
 
-def download_cifar100(root: str | Path) -> Path:
-    """Download and verify the official archive into ``root``; return its path.
+def download_cifar100(root: str | Path, url: str = CIFAR100.url, md5: str = CIFAR100.tgz_md5) -> Path:
+    """Download and verify the archive at ``url`` into ``root``; return its path.
 
-    The download goes to a temporary file that is renamed only after its md5
-    matches, so an interrupted download never leaves a file that passes as
-    complete.
+    The download goes to a temporary folder and the file is moved into
+    ``root`` only after its md5 matches ``md5``, so an interrupted download
+    never leaves a file that passes as complete. A process killed mid-download
+    leaves a ``.download-*`` folder behind, which is safe to delete.
     """
+    from http.client import HTTPException
+
     from torchvision.datasets.utils import check_integrity, download_url
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     target = root / ARCHIVE_NAME
-    if check_integrity(str(target), CIFAR100.tgz_md5):
+    if check_integrity(str(target), md5):
         return target
     with tempfile.TemporaryDirectory(dir=root, prefix=".download-") as staging:
-        logger.info("downloading %s to %s", CIFAR100.url, target)
+        logger.info("downloading %s to %s", url, target)
         try:
-            download_url(CIFAR100.url, staging, ARCHIVE_NAME, md5=None)
-        except (OSError, RuntimeError) as error:
-            raise DataError(f"Download of {CIFAR100.url} failed ({error}). {MANUAL_HELP}") from None
+            download_url(url, staging, ARCHIVE_NAME, md5=None)
+        except (OSError, RuntimeError, HTTPException) as error:
+            raise DataError(f"Download of {url} failed ({error!r}); nothing was saved. {MANUAL_HELP}") from None
         partial = Path(staging) / ARCHIVE_NAME
-        if not check_integrity(str(partial), CIFAR100.tgz_md5):
+        if not check_integrity(str(partial), md5):
+            actual = md5_of(partial.read_bytes())
             raise DataError(
-                f"Downloaded {ARCHIVE_NAME} failed its md5 check (expected {CIFAR100.tgz_md5}). {MANUAL_HELP}"
+                f"Downloaded {ARCHIVE_NAME} from {url} failed its md5 check (expected {md5}, got {actual}, "
+                f"{partial.stat().st_size} bytes), so it was discarded. {MANUAL_HELP}"
             )
         partial.replace(target)
     return target
