@@ -1,0 +1,315 @@
+"""Widget panel: controls map to settings, training from the panel, live plot data, params files, headless mode."""
+
+import sys
+import threading
+from types import SimpleNamespace
+
+import nbformat
+import pytest
+import torch
+
+from labkit.config import ConfigError, ExperimentConfig, load_yaml
+from labkit.networks import build_network, count_parameters, network_depth
+from labkit.widgets import (
+    MODE_ENV,
+    Panel,
+    architecture_rows,
+    check_panel_ranges,
+    describe,
+    interactive_frontend,
+    show_panel,
+)
+
+# One stage of four-channel convolutions on 100 synthetic images (95 for training): an epoch is two steps.
+TINY = dict(num_blocks_per_stage=0, num_stages=1, num_filters=4, epochs=2, batch_size=50, device="cpu",
+            data="synthetic", synthetic_train_size=100, synthetic_test_size=20)
+STEPS_PER_EPOCH = 2
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("panel-data"))
+
+
+@pytest.fixture
+def panel(data_dir):
+    panel = Panel(ExperimentConfig(**TINY, data_dir=data_dir), notebook="notebooks/panel.ipynb")
+    panel.wait(timeout=120)
+    yield panel
+    panel.close()
+
+
+@pytest.mark.parametrize("blocks", [0, 5, 8])
+@pytest.mark.parametrize("bn, residual", [(False, False), (True, True)])
+def test_architecture_rows_match_network(blocks, bn, residual):
+    config = ExperimentConfig(num_blocks_per_stage=blocks, bn=bn, residual=residual)
+    rows = architecture_rows(config)
+    model = build_network(blocks, bn=bn, residual=residual)
+
+    assert [row["part"] for row in rows] == ["entry", "stage1", "stage2", "stage3", "classifier"]
+    assert sum(row["weight layers"] for row in rows) == network_depth(blocks)
+    assert sum(row["parameters"] for row in rows) == count_parameters(model)
+    assert rows[-2]["output"] == "32 x 4 x 4"
+    assert rows[-1]["output"] == "100"
+
+
+def test_describe_lists_settings_and_architecture():
+    config = ExperimentConfig(num_blocks_per_stage=5, bn=True, lr=0.01, epochs=7, data="synthetic")
+    text = describe(config, notebook="notebooks/02.ipynb")
+
+    for line in ("BN: bn = True", "RC: residual = False", "blocks per stage: num_blocks_per_stage = 5",
+                 "learning rate: lr = 0.01", "epochs: epochs = 7", "data: data = 'synthetic'"):
+        assert line in text
+    assert "synthetic stand-in, not CIFAR-100" in text
+    assert "notebooks/02.ipynb" in text
+    parameters = count_parameters(build_network(5, bn=True))
+    assert f"VGG_38 BN: 38 weight layers, {parameters:,} parameters" in text
+    assert describe(config, notebook="notebooks/02.ipynb") == text
+
+
+def test_panel_ranges_rejected():
+    with pytest.raises(ConfigError, match="num_blocks_per_stage must be 0..8"):
+        check_panel_ranges(ExperimentConfig(num_blocks_per_stage=9))
+    with pytest.raises(ConfigError, match="lr must lie in"):
+        check_panel_ranges(ExperimentConfig(lr=2.0))
+    with pytest.raises(ConfigError, match="epochs must be at most"):
+        check_panel_ranges(ExperimentConfig(epochs=5000))
+    with pytest.raises(ConfigError, match="unknown key 'depth'"):
+        show_panel(depth=3)
+
+
+def test_controls_map_to_settings(panel):
+    panel.bn.value = True
+    panel.residual.value = True
+    panel.depth.value = 3
+    panel.lr.value = 0.01
+    panel.epochs.value = 4
+    panel.data.value = "cifar100"
+    settings = panel.settings()
+
+    assert (settings.bn, settings.residual, settings.num_blocks_per_stage) == (True, True, 3)
+    assert settings.lr == pytest.approx(0.01)
+    assert (settings.epochs, settings.data) == (4, "cifar100")
+    assert settings.num_filters == 4
+    assert panel.depth_label.value == f"{network_depth(3, 1)} layers"
+    assert "VGG_10 BN+RC" in panel.architecture.value
+
+
+def test_init_view_before_training(panel):
+    assert panel.init_label == "VGG_04"
+    assert [row["layer"] for row in panel.init_grads] == ["entry.conv", "stage1.reduce.conv1",
+                                                          "stage1.reduce.conv2", "classifier"]
+    assert all(row["epoch"] == 0 and row["mean_abs_grad"] > 0 for row in panel.init_grads)
+    assert [line["gid"] for line in panel.plot_data["grad_flow"]] == ["lk-grad-init"]
+    assert 'id="lk-grad-init"' in panel.grad_flow.value
+    assert panel.plot_data["curves"] == []
+
+    panel.depth.value = 2
+    panel.wait(timeout=60)
+    assert panel.init_label == "VGG_08"
+    assert len(panel.init_grads) == network_depth(2, 1)
+
+
+def test_init_view_without_cifar(tmp_path):
+    config = ExperimentConfig(**{**TINY, "data": "cifar100"}, data_dir=str(tmp_path / "empty"))
+    panel = Panel(config)
+    try:
+        panel.wait(timeout=60)
+        assert panel.init_grads == []
+        assert "needs the cifar100 data" in panel.status.value
+        assert "VGG_04" in panel.architecture.value
+    finally:
+        panel.close()
+
+
+def test_train_records_runs_and_plots(panel):
+    """Train from the panel, then train again with other settings: both runs stay on the plots."""
+    panel.bn.value = True
+    panel.train_button.click()
+    panel.wait(timeout=300)
+
+    (run,) = panel.runs
+    assert run.status == "finished"
+    assert run.config.bn is True
+    assert run.config.num_blocks_per_stage == 0
+    assert [row["epoch"] for row in run.history] == [1, 2]
+    assert panel.epoch_label.value == "epoch 2/2"
+    assert panel.progress.value == panel.progress.max == 2 * STEPS_PER_EPOCH
+    assert not panel.train_button.disabled
+    assert panel.stop_button.disabled
+    assert "finished after 2 of 2 epochs" in panel.status.value
+
+    curves = {line["gid"]: line for line in panel.plot_data["curves"]}
+    assert set(curves) == {f"lk-curve-1-{split}-{metric}" for split in ("train", "val") for metric in ("loss", "acc")}
+    assert curves["lk-curve-1-val-loss"]["values"] == [row["val_loss"] for row in run.history]
+    assert curves["lk-curve-1-train-acc"]["values"] == [100 * row["train_acc"] for row in run.history]
+    assert curves["lk-curve-1-val-loss"]["label"] == "#1 VGG_04 BN, lr 0.001, synthetic data"
+    assert 'id="lk-curve-1-val-loss"' in panel.curves.value
+
+    grad_lines = {line["gid"]: line for line in panel.plot_data["grad_flow"]}
+    assert grad_lines["lk-grad-1"]["epoch"] == 2
+    assert grad_lines["lk-grad-1"]["values"] == [row["mean_abs_grad"] for row in run.grads if row["epoch"] == 2]
+    # The panel's initialization view seeds and batches as fit does, so on the CPU they agree exactly.
+    assert [row for row in run.grads if row["epoch"] == 0] == panel.init_grads
+
+    # A second run with other settings joins the first on the same plots.
+    panel.bn.value = False
+    panel.epochs.value = 1
+    panel.train().result(timeout=300)
+    panel.wait(timeout=60)
+    assert [run.label for run in panel.runs] == ["#1 VGG_04 BN, lr 0.001, synthetic data",
+                                                 "#2 VGG_04, lr 0.001, synthetic data"]
+    val_losses = [line for line in panel.plot_data["curves"] if line["split"] == "val" and line["metric"] == "loss"]
+    assert [(line["run"], len(line["values"])) for line in val_losses] == [(1, 2), (2, 1)]
+    assert {line["gid"] for line in panel.plot_data["grad_flow"]} == {"lk-grad-init", "lk-grad-1", "lk-grad-2"}
+    assert "#1 VGG_04 BN, lr 0.001" in panel.curves.value
+    assert "#2 VGG_04, lr 0.001" in panel.curves.value
+
+    panel.clear()
+    panel.wait(timeout=60)
+    assert panel.runs == []
+    assert panel.plot_data["curves"] == []
+
+
+def test_stop_ends_run_at_next_batch(panel):
+    panel.epochs.value = 50
+
+    def press_stop(change):
+        # Runs inside the epoch-1 callback, so fit finds the stop request before the next batch.
+        if change["new"] == "epoch 1/50":
+            panel.stop_button.click()
+
+    panel.epoch_label.observe(press_stop, names="value")
+    panel.train_button.click()
+    panel.wait(timeout=300)
+
+    (run,) = panel.runs
+    assert run.status == "stopped"
+    assert len(run.history) == 1
+    assert "stopped after 1 of 50 epochs" in panel.status.value
+    assert not panel.bn.disabled
+    assert not panel.train_button.disabled
+
+
+def test_train_while_running_rejected(panel):
+    release = threading.Event()
+    panel._submit(release.wait)  # blocks the worker, so the run below stays queued
+    panel.train()
+    with pytest.raises(RuntimeError, match="a run is in progress"):
+        panel.train()
+    panel.stop()
+    release.set()
+    panel.wait(timeout=300)
+    assert panel.runs[0].status == "stopped"
+    assert panel.runs[0].history == []
+
+
+def test_failed_run_reported(panel, tmp_path):
+    panel.data.value = "cifar100"
+    panel.base_config = panel.base_config.replace(download=False, data_dir=str(tmp_path / "no-cifar"))
+    panel.train_button.click()
+    panel.wait(timeout=60)
+
+    assert panel.runs[0].status == "failed"
+    assert "DataError" in panel.runs[0].error
+    assert "failed" in panel.status.value
+    assert not panel.train_button.disabled
+
+
+def test_save_params_round_trip(panel, tmp_path):
+    panel.bn.value = True
+    panel.depth.value = 4
+    panel.lr.value = 0.003
+    path = panel.save_params(tmp_path / "params" / "panel.yaml")
+    values = load_yaml(path)
+
+    assert list(values)[0] == "notebook"
+    assert values.pop("notebook") == "notebooks/panel.ipynb"
+    saved = ExperimentConfig.from_dict(values, source=str(path))
+    assert saved == panel.settings()
+    assert (saved.bn, saved.num_blocks_per_stage, saved.data) == (True, 4, "synthetic")
+    assert saved.lr == pytest.approx(0.003)
+
+
+def test_save_button_reports_missing_notebook(panel, tmp_path):
+    panel.notebook.value = " "
+    panel.params_path.value = str(tmp_path / "x.yaml")
+    panel.save_button.click()
+    assert "set the notebook" in panel.status.value
+    assert not (tmp_path / "x.yaml").exists()
+
+    panel.notebook.value = "notebooks/panel.ipynb"
+    panel.save_button.click()
+    assert (tmp_path / "x.yaml").is_file()
+    assert f"labkit run {tmp_path / 'x.yaml'}" in panel.status.value
+
+
+def test_show_panel_static_outside_kernel(capsys):
+    assert show_panel(num_blocks_per_stage=5, data="synthetic", notebook="n.ipynb") is None
+    out = capsys.readouterr().out
+    assert out.startswith("labkit panel: static description")
+    assert "VGG_38: 38 weight layers" in out
+
+
+def _fake_ipython(monkeypatch, metadata):
+    request = {"header": {"msg_type": "execute_request"}, "metadata": metadata}
+    kernel = SimpleNamespace(get_parent=lambda channel=None: request)
+    monkeypatch.setattr("IPython.get_ipython", lambda: SimpleNamespace(kernel=kernel))
+
+
+def test_frontend_detected_by_cell_id(monkeypatch):
+    monkeypatch.delenv(MODE_ENV, raising=False)
+    assert interactive_frontend() is False
+    _fake_ipython(monkeypatch, {"cellId": "a1b2", "deletedCells": [], "recordTiming": False})
+    assert interactive_frontend() is True
+    _fake_ipython(monkeypatch, {})
+    assert interactive_frontend() is False
+
+
+def test_frontend_environment_override(monkeypatch):
+    _fake_ipython(monkeypatch, {"cellId": "a1b2"})
+    monkeypatch.setenv(MODE_ENV, "static")
+    assert interactive_frontend() is False
+    monkeypatch.setenv(MODE_ENV, "interactive")
+    _fake_ipython(monkeypatch, {})
+    assert interactive_frontend() is True
+    monkeypatch.setenv(MODE_ENV, "sometimes")
+    assert interactive_frontend() is False
+
+
+def _panel_notebook(tmp_path):
+    code = (
+        "from labkit.widgets import show_panel\n"
+        "panel = show_panel(num_blocks_per_stage=2, bn=True, data='synthetic', notebook='notebooks/panel.ipynb')\n"
+        "print('returned', panel)"
+    )
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "panel.ipynb"
+    nbformat.write(notebook, path)
+    return path
+
+
+@pytest.mark.slow
+def test_papermill_and_nbval_get_static_text(tmp_path, monkeypatch):
+    import subprocess
+
+    import papermill
+
+    monkeypatch.delenv(MODE_ENV, raising=False)
+    executed = tmp_path / "executed.ipynb"
+    papermill.execute_notebook(str(_panel_notebook(tmp_path)), str(executed), kernel_name="python3",
+                               progress_bar=False, cwd=str(tmp_path))
+    outputs = nbformat.read(executed, as_version=4).cells[0].outputs
+    text = "".join(output.get("text", "") for output in outputs)
+
+    assert text.startswith("labkit panel: static description")
+    assert "VGG_20 BN: 20 weight layers" in text
+    assert "returned None" in text
+    assert all("application/vnd.jupyter.widget-view+json" not in output.get("data", {}) for output in outputs)
+
+    # nbval compares the stored output with a fresh execution, so the description must repeat exactly.
+    check = subprocess.run([sys.executable, "-m", "pytest", "--nbval", "-p", "no:cacheprovider", "-q", str(executed)],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "1 passed" in check.stdout
