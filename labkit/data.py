@@ -8,6 +8,7 @@ loop over images.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -459,11 +460,52 @@ def random_flip(images: Tensor, generator: torch.Generator) -> Tensor:
     return torch.where(flip.view(-1, 1, 1, 1), images.flip(3), images)
 
 
+def random_crop_flip(images: Tensor, padding: int, generator: torch.Generator) -> Tensor:
+    """Apply ``random_crop`` then ``random_flip`` in one gather; returns a contiguous N x C x H x W tensor.
+
+    The random draws come in the same order as in the two separate calls, so
+    the same generator state gives the same pixels. Folding the flip into the
+    gather's column index saves the separate passes over the batch.
+    """
+    n, c, h, w = images.shape
+    padded_w = w + 2 * padding
+    padded = F.pad(images, (padding, padding, padding, padding)).contiguous()
+    dy = torch.randint(0, 2 * padding + 1, (n, 1, 1), device=images.device, generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (n, 1, 1), device=images.device, generator=generator)
+    flip = torch.rand(n, device=images.device, generator=generator) < 0.5
+
+    columns = torch.arange(w, device=images.device)
+    columns = torch.where(flip.view(n, 1, 1), columns.flip(0), columns) + dx
+    rows = torch.arange(h, device=images.device).view(1, h, 1) + dy
+    # Flat pixel positions in the padded image, shared by all channels.
+    index = (rows * padded_w + columns).view(n, 1, h * w).expand(n, c, h * w)
+    return torch.gather(padded.view(n, c, -1), 2, index).view(n, c, h, w)
+
+
+@functools.lru_cache(maxsize=None)
+def _normalize_constants(device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    # Made once per device, because building them per batch copies from the
+    # host, which on CUDA waits for the device on every step. Outside inference
+    # mode, so that autograd may save them when the input needs a gradient.
+    with torch.inference_mode(False):
+        return _scale_and_shift(device, dtype)
+
+
+def _scale_and_shift(device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    mean = torch.tensor(CIFAR_MEAN, dtype=torch.float64).view(1, -1, 1, 1)
+    std = torch.tensor(CIFAR_STD, dtype=torch.float64).view(1, -1, 1, 1)
+    scale, shift = 1.0 / (255.0 * std), -mean / std
+    return scale.to(device, dtype), shift.to(device, dtype)
+
+
 def normalize(images: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Scale uint8 images to [0, 1] and standardize them with the course's channel statistics."""
-    mean = torch.tensor(CIFAR_MEAN, device=images.device, dtype=dtype).view(1, -1, 1, 1)
-    std = torch.tensor(CIFAR_STD, device=images.device, dtype=dtype).view(1, -1, 1, 1)
-    return (images.to(dtype) / 255.0 - mean) / std
+    """Scale uint8 images to [0, 1] and standardize them with the course's channel statistics.
+
+    Computes ``(x / 255 - mean) / std`` as ``x * scale + shift`` in two passes
+    that keep the input's memory format.
+    """
+    scale, shift = _normalize_constants(images.device, dtype)
+    return images.to(dtype, copy=True).mul_(scale).add_(shift)
 
 
 def iterate_batches(
@@ -491,7 +533,9 @@ def iterate_batches(
         if augment:
             if generator is None:
                 raise ValueError("augment=True needs a generator for reproducible crops and flips")
-            images = random_flip(random_crop(images, 4, generator), generator)
+            images = random_crop_flip(images, 4, generator)
+        # Changing the layout of the uint8 batch moves a quarter of the bytes of the float one.
+        images = images.contiguous(memory_format=memory_format)
         yield normalize(images).contiguous(memory_format=memory_format), labels
 
 
