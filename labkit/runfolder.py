@@ -21,8 +21,13 @@ CHECKPOINTS = "checkpoints"
 LATEST = "latest.pt"
 BEST = "best.pt"
 LOCK = ".lock"
+# Records of the probes in labkit.diagnostics, written when fit is given recorders.
+ACTIVATIONS = "activations.csv"
+UPDATES = "updates.csv"
+SKIP = "skip.csv"
 # Files that a training run writes; overwriting a run removes exactly these.
-RUN_OUTPUTS = (SUMMARY, TEST_SUMMARY, GRADS, RECORD, f"{CHECKPOINTS}/{LATEST}", f"{CHECKPOINTS}/{BEST}")
+RUN_OUTPUTS = (SUMMARY, TEST_SUMMARY, GRADS, RECORD, ACTIVATIONS, UPDATES, SKIP,
+               f"{CHECKPOINTS}/{LATEST}", f"{CHECKPOINTS}/{BEST}")
 
 
 class RunFolderError(RuntimeError):

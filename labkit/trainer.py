@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from labkit.config import ExperimentConfig
 from labkit.data import DeviceData, DeviceSplit, ImageArrays, iterate_batches, load_cifar100, load_synthetic, normalize, num_batches, to_device_data
 from labkit.hooks import GradientRecorder, gradients_at
 from labkit.networks import build_network, count_parameters
+
+if TYPE_CHECKING:
+    from labkit.diagnostics import EpochRecorder
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ class RunResult:
     config: ExperimentConfig
     history: list[dict] = field(default_factory=list)  # one row per epoch
     grads: list[dict] = field(default_factory=list)  # tidy rows: epoch, layer, mean_abs_grad, grad_norm
+    records: dict[str, list[dict]] = field(default_factory=dict)  # recorders' tidy rows by file name
     test: dict = field(default_factory=dict)  # test_acc, test_loss of the best-validation model
     status: str = "running"  # running, finished, stopped, diverged
     data_source: str = ""
@@ -271,6 +275,9 @@ def _write_records(result: RunResult, execution: _Execution, timings: dict[str, 
         return
     runfolder.write_csv(folder / runfolder.SUMMARY, SUMMARY_COLUMNS, result.history)
     runfolder.write_csv(folder / runfolder.GRADS, GRAD_COLUMNS, result.grads)
+    for filename, rows in result.records.items():
+        if rows:
+            runfolder.write_csv(folder / filename, list(rows[0]), rows)
     if result.test:
         runfolder.write_csv(folder / runfolder.TEST_SUMMARY, ["test_acc", "test_loss"], [result.test])
     runfolder.write_json(folder / runfolder.RECORD, {
@@ -312,6 +319,7 @@ def fit(
     overwrite: bool = False,
     on_epoch_end: Callable[[RunResult, dict], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    recorders: Sequence[EpochRecorder] = (),
 ) -> RunResult:
     """Train the network ``config`` describes and evaluate its best-validation model on the test set.
 
@@ -323,6 +331,8 @@ def fit(
         overwrite: replace the results already in ``run_dir``.
         on_epoch_end: called with the result so far and the epoch's row after every epoch.
         should_stop: polled before every step; returning True ends the run cleanly.
+        recorders: probes run at initialization and after chosen epochs, e.g.
+            ``labkit.diagnostics.standard_recorders()``; each writes its rows to a CSV in ``run_dir``.
 
     Raises:
         TrainingDiverged: the loss became NaN or infinite; the last good checkpoint stays.
@@ -334,7 +344,7 @@ def fit(
     lock = runfolder.RunLock(folder).acquire() if folder is not None else None
     try:
         resuming = folder is not None and runfolder.prepare_folder(folder, config.to_dict(), resume, overwrite)
-        return _fit(config, device, folder, data, resuming, on_epoch_end, should_stop)
+        return _fit(config, device, folder, data, resuming, on_epoch_end, should_stop, recorders)
     except torch.OutOfMemoryError as error:
         raise RuntimeError(
             f"{device} ran out of memory with batch_size={config.batch_size} "
@@ -346,7 +356,7 @@ def fit(
             lock.release()
 
 
-def _fit(config, device, folder, data, resuming, on_epoch_end, should_stop) -> RunResult:
+def _fit(config, device, folder, data, resuming, on_epoch_end, should_stop, recorders=()) -> RunResult:
     started = time.time()
     execution = _execution(config, device)
     arrays = data if data is not None else load_data(config)
@@ -367,6 +377,10 @@ def _fit(config, device, folder, data, resuming, on_epoch_end, should_stop) -> R
     else:
         images = normalize(device_data.train.images[:config.batch_size]).contiguous(memory_format=execution.memory_format)
         result.grads.extend(gradients_at(model, images, device_data.train.labels[:config.batch_size], epoch=0))
+    for probe in recorders:
+        probe.attach(model, optimizer, device_data.val)
+    if not resuming:
+        _record(recorders, 0, result)
 
     train_model = torch.compile(model) if config.compile else model
     recorder = GradientRecorder(model, every=config.grad_every)
@@ -374,11 +388,14 @@ def _fit(config, device, folder, data, resuming, on_epoch_end, should_stop) -> R
                   desc=config.label, disable=not config.progress, unit="epoch")
     try:
         for epoch in epochs:
+            for probe in recorders:
+                probe.begin_epoch(epoch)
             row = _run_epoch(train_model, model, device_data, optimizer, scheduler, config, epoch, execution,
                              recorder, should_stop, result)
             if row is None:
                 result.status = "stopped"
                 break
+            _record(recorders, epoch, result)
             _keep_best(model, row, best, result, folder)
             if folder is not None:
                 save_checkpoint(folder / runfolder.CHECKPOINTS / runfolder.LATEST,
@@ -393,6 +410,8 @@ def _fit(config, device, folder, data, resuming, on_epoch_end, should_stop) -> R
         raise
     finally:
         recorder.remove()
+        for probe in recorders:
+            probe.detach()
         epochs.close()
 
     _finish(model, device_data, best, result, execution, folder, started)
@@ -415,6 +434,13 @@ def _run_epoch(train_model, model, device_data, optimizer, scheduler, config, ep
            "seconds": time.perf_counter() - began}
     result.history.append(row)
     return row
+
+
+def _record(recorders, epoch, result) -> None:
+    for probe in recorders:
+        rows = probe.end_epoch(epoch)
+        if rows:
+            result.records.setdefault(probe.filename, []).extend(rows)
 
 
 def _keep_best(model, row, best, result, folder) -> None:
@@ -440,6 +466,7 @@ def _checkpoint_state(model, optimizer, scheduler, epoch, best, result) -> dict[
         "best_epoch": result.best_epoch,
         "history": result.history,
         "grads": result.grads,
+        "records": result.records,
         "rng": _rng_state(),
         "config": result.config.to_dict(),
     }
@@ -453,6 +480,7 @@ def _restore(folder, config, model, optimizer, scheduler, result, best, device) 
     scheduler.load_state_dict(checkpoint["scheduler"])
     result.history = list(checkpoint["history"])
     result.grads = list(checkpoint["grads"])
+    result.records = {filename: list(rows) for filename, rows in checkpoint.get("records", {}).items()}
     result.best_epoch = checkpoint["best_epoch"]
     best["acc"] = checkpoint["best_val_acc"]
     best_file = folder / runfolder.CHECKPOINTS / runfolder.BEST
