@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # Pinned so pip takes prebuilt wheels; a looser spec can pull a multi-GB build.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup smoke test clean
+.PHONY: setup smoke test clean browser
 
 $(BIN)/labkit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,14 @@ smoke: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# Debian's Chromium for the browser test (pytest -m browser); Playwright's own
+# browser download needs internet access. Installs only as root, else says how.
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		if [ "$$(id -u)" -eq 0 ]; then apt-get update -q && apt-get install -y -q chromium; \
+		else echo "make browser: /usr/bin/chromium is missing; run: sudo apt-get install chromium" >&2; fi; \
+	fi
 
 clean:
 	rm -rf results .pytest_cache

@@ -365,7 +365,8 @@ class Panel:
         self.residual = widgets.ToggleButton(value=config.residual, description="RC",
                                              tooltip="identity shortcut around each processing block (residual)")
         self.depth = widgets.IntSlider(value=config.num_blocks_per_stage, min=0, max=MAX_BLOCKS_PER_STAGE,
-                                       description="blocks/stage", continuous_update=False)
+                                       description="blocks per stage", continuous_update=False,
+                                       style={"description_width": "initial"})
         self.depth_label = widgets.Label()
         self.lr = widgets.FloatLogSlider(value=config.lr, base=10, min=LR_EXPONENTS[0], max=LR_EXPONENTS[1], step=0.1,
                                          description="lr", readout_format=".1e", continuous_update=False)
