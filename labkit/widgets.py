@@ -437,8 +437,17 @@ class Panel:
         self.status.value = f'<span style="color:{color}">{html.escape(text)}</span>'
 
     def _submit(self, job: Callable[[], Any]) -> Future:
+        """Queue ``job`` on the background thread; its errors show in the panel and reach ``wait``."""
+        def run_and_report() -> Any:
+            try:
+                return job()
+            except Exception as error:
+                logger.exception("panel job %s failed", getattr(job, "__name__", job))
+                self._set_status(f"Error: {type(error).__name__}: {error}", error=True)
+                raise
+
         self._pending = [future for future in self._pending if not future.done()]
-        future = self._worker.submit(job)
+        future = self._worker.submit(run_and_report)
         self._pending.append(future)
         return future
 
@@ -455,8 +464,7 @@ class Panel:
         """Stop a running run, end the background thread and close the widgets."""
         self._stop_event.set()
         self._worker.close()
-        boxes = [self.widget, *self.widget.children]
-        for widget in [*boxes, *(child for box in boxes[1:] if isinstance(box, widgets.Box) for child in box.children)]:
+        for widget in _descendants(self.widget):
             widget.close()
 
     def _on_settings_change(self, change: dict | None = None) -> None:
@@ -629,6 +637,11 @@ class Panel:
     def _save_clicked(self) -> None:
         target = self.save_params()
         self._set_status(f"Saved the settings to {target}; run them headless with: labkit run {target}")
+
+
+def _descendants(widget: widgets.Widget) -> list[widgets.Widget]:
+    children = widget.children if isinstance(widget, widgets.Box) else ()
+    return [widget, *(item for child in children for item in _descendants(child))]
 
 
 def _data_key(config: ExperimentConfig) -> tuple:

@@ -1,5 +1,6 @@
 """Widget panel: controls map to settings, training from the panel, live plot data, params files, headless mode."""
 
+import json
 import sys
 import threading
 from types import SimpleNamespace
@@ -171,7 +172,8 @@ def test_train_records_runs_and_plots(panel):
     assert panel.plot_data["curves"] == []
 
 
-def test_stop_ends_run_at_next_batch(panel):
+def test_stop_ends_run_at_next_batch(panel, tmp_path):
+    panel.run_root = tmp_path / "runs"
     panel.epochs.value = 50
 
     def press_stop(change):
@@ -189,6 +191,12 @@ def test_stop_ends_run_at_next_batch(panel):
     assert "stopped after 1 of 50 epochs" in panel.status.value
     assert not panel.bn.disabled
     assert not panel.train_button.disabled
+
+    (folder,) = (tmp_path / "runs").iterdir()
+    assert folder == run.run_dir
+    assert folder.name.endswith("-01-vgg-04")
+    assert json.loads((folder / "run.json").read_text())["status"] == "stopped"
+    assert len((folder / "summary.csv").read_text().splitlines()) == 1 + 1
 
 
 def test_train_while_running_rejected(panel):
@@ -313,3 +321,14 @@ def test_papermill_and_nbval_get_static_text(tmp_path, monkeypatch):
                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert check.returncode == 0, check.stdout + check.stderr
     assert "1 passed" in check.stdout
+
+
+def test_job_error_shown_in_status(panel, monkeypatch):
+    def broken(config, arrays):
+        raise RuntimeError("probe failed")
+
+    monkeypatch.setattr("labkit.widgets.init_gradients", broken)
+    panel.depth.value = 1
+    with pytest.raises(RuntimeError, match="probe failed"):
+        panel.wait(timeout=60)
+    assert "RuntimeError: probe failed" in panel.status.value
