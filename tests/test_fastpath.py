@@ -2,17 +2,38 @@
 
 from __future__ import annotations
 
+import functools
+import sys
+
+import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TF
 
-from labkit.data import CIFAR_MEAN, CIFAR_STD, DeviceSplit, iterate_batches, normalize, random_crop, random_crop_flip, random_flip
+from labkit.config import ExperimentConfig
+from labkit.data import (
+    CIFAR_MEAN, CIFAR_STD, DeviceSplit, from_arrays, iterate_batches, normalize, random_crop, random_crop_flip,
+    random_flip, synthetic_images, synthetic_templates, to_device_data,
+)
+from labkit.networks import build_network
+from labkit.trainer import _cudnn_autotune, _execution, build_optimizer, evaluate, fit, train_one_epoch
 
 
 def reference_normalize(images: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(CIFAR_MEAN, dtype=torch.float64).view(1, -1, 1, 1)
     std = torch.tensor(CIFAR_STD, dtype=torch.float64).view(1, -1, 1, 1)
     return (images.double() / 255.0 - mean) / std
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # These runs are too small to gain from a second thread, and on a shared
+    # two-core machine a second OpenMP thread waiting for a busy core slowed
+    # them several times over.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +106,106 @@ def test_batches_equal_across_memory_formats(uint8_batch):
         assert nhwc.is_contiguous(memory_format=torch.channels_last)
         assert torch.equal(plain, nhwc)
         assert torch.equal(plain_labels, nhwc_labels)
+
+
+# Training switches. A small BN+RC network learns within a few epochs on this
+# data, so its curves move and a change in results would show.
+
+TINY = dict(num_blocks_per_stage=1, num_filters=8, num_classes=10, bn=True, residual=True, epochs=2,
+            batch_size=50, progress=False, device="cpu")
+METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
+
+
+@pytest.fixture(scope="module")
+def tiny_arrays():
+    templates = synthetic_templates(10, seed=0)
+    train_images, train_labels = synthetic_images(400, 10, seed=1, templates=templates)
+    test_images, test_labels = synthetic_images(100, 10, seed=2, templates=templates)
+    return from_arrays(train_images, train_labels, test_images, test_labels, source="synthetic")
+
+
+def curves(arrays, **changes) -> np.ndarray:
+    """Return an epochs x metrics array of a tiny run's history."""
+    result = fit(ExperimentConfig(**{**TINY, **changes}), data=arrays)
+    return np.array([[row[name] for name in METRICS] for row in result.history])
+
+
+@pytest.fixture(scope="module")
+def reference_curves(tiny_arrays) -> np.ndarray:
+    return curves(tiny_arrays)
+
+
+@pytest.fixture(scope="module")
+def seed_spread(tiny_arrays, reference_curves) -> float:
+    """Largest loss difference between two seeds: the run-to-run noise a switch must stay well inside."""
+    other = curves(tiny_arrays, seed=1)
+    return float(np.abs(other[:, [0, 2]] - reference_curves[:, [0, 2]]).max())
+
+
+def test_reference_curves_move(reference_curves, seed_spread):
+    # Without learning, equal curves would prove nothing.
+    assert reference_curves[-1, 0] < reference_curves[0, 0] - 0.05
+    assert seed_spread > 0.01
+
+
+@pytest.mark.parametrize("switch, fraction", [({"channels_last": True}, 0.25), ({"bf16": True}, 0.5)])
+def test_switch_stays_within_seed_noise(tiny_arrays, reference_curves, seed_spread, switch, fraction):
+    switched = curves(tiny_arrays, **switch)
+    loss_gap = np.abs(switched[:, [0, 2]] - reference_curves[:, [0, 2]]).max()
+    assert loss_gap < fraction * seed_spread, f"{switch}: loss gap {loss_gap:.4f}, seed spread {seed_spread:.4f}"
+
+
+def test_log_every_leaves_results_unchanged(tiny_arrays, reference_curves):
+    np.testing.assert_array_equal(curves(tiny_arrays, log_every=1), reference_curves)
+
+
+def test_eval_batch_size_leaves_metrics_unchanged(tiny_arrays):
+    result = fit(ExperimentConfig(**{**TINY, "epochs": 1}), data=tiny_arrays)
+    split = to_device_data(tiny_arrays, "cpu").test
+    large = evaluate(result.model, split, batch_size=1000)
+    small = evaluate(result.model, split, batch_size=7)
+    assert small["acc"] == large["acc"]
+    assert small["loss"] == pytest.approx(large["loss"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_compiled_model_matches_eager(tiny_arrays, reference_curves, monkeypatch):
+    # Inductor needs minutes of C++ compilation on a small CPU; aot_eager traces
+    # the same graphs, hooks included, without code generation.
+    compile_eagerly = functools.partial(torch.compile, backend="aot_eager")
+    monkeypatch.setattr(torch, "compile", compile_eagerly)
+    compiled = curves(tiny_arrays, compile=True)
+    np.testing.assert_allclose(compiled, reference_curves, rtol=1e-4, atol=1e-5)
+
+
+def test_epoch_reads_host_only_every_log_every(tiny_arrays, monkeypatch):
+    config = ExperimentConfig(**{**TINY, "log_every": 1000})
+    split = to_device_data(tiny_arrays, "cpu").train  # 380 images: 8 steps of 50
+    model = build_network(1, num_filters=8, num_classes=10, bn=True, residual=True)
+    optimizer, _ = build_optimizer(model, config)
+    reads = []
+    for name in ("item", "cpu", "tolist", "numpy"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, counting(original, name, reads))
+    train_one_epoch(model, split, optimizer, config, 1, _execution(config, torch.device("cpu")))
+    # One divergence check and the two means, at the end of the epoch only.
+    assert reads == ["item", "item", "item"]
+
+
+def counting(method, name: str, reads: list[str]):
+    """Wrap a Tensor method so that calls from labkit's own code are listed in ``reads``."""
+    def wrapper(self, *args, **kwargs):
+        # PyTorch's CPU Adam reads its step counters with item(), which is not labkit's doing.
+        if sys._getframe(1).f_globals.get("__name__", "").startswith("labkit"):
+            reads.append(name)
+        return method(self, *args, **kwargs)
+    return wrapper
+
+
+@pytest.mark.parametrize("device, inside", [("cpu", False), ("cuda", True)])
+def test_cudnn_autotune_scoped_to_cuda(device, inside):
+    # Setting the flag needs no GPU, so the CUDA case runs on CPU-only machines too.
+    before = torch.backends.cudnn.benchmark
+    with _cudnn_autotune(torch.device(device)):
+        assert torch.backends.cudnn.benchmark is (inside or before)
+    assert torch.backends.cudnn.benchmark is before
