@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
+import json
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +21,8 @@ from labkit.data import (
 )
 from labkit.networks import build_network
 from labkit.trainer import _cudnn_autotune, _execution, build_optimizer, evaluate, fit, train_one_epoch
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
 
 
 def reference_normalize(images: torch.Tensor) -> torch.Tensor:
@@ -209,3 +215,45 @@ def test_cudnn_autotune_scoped_to_cuda(device, inside):
     with _cudnn_autotune(torch.device(device)):
         assert torch.backends.cudnn.benchmark is (inside or before)
     assert torch.backends.cudnn.benchmark is before
+
+
+# The throughput benchmark.
+
+REQUIRED_KEYS = ("baseline_data_img_per_s", "labkit_data_img_per_s", "baseline_epoch_img_per_s",
+                 "labkit_epoch_img_per_s", "data_ratio", "epoch_ratio", "peak_memory_bytes")
+
+
+def test_benchmark_writes_positive_figures(tmp_path):
+    output = tmp_path / "throughput.json"
+    command = [sys.executable, str(BENCHMARK), "--device", "cpu", "--steps", "2", "--warmup", "1",
+               "--batch-size", "8", "--eval-images", "16", "--workers", "1", "--threads", "1", "--json", str(output)]
+    finished = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    figures = json.loads(output.read_text())
+
+    assert figures["device"] == "cpu"
+    assert figures["data"] == "synthetic"
+    assert figures["workers"] == 1
+    assert set(figures["variants"]) == {"VGG_38", "VGG_38 BN+RC"}
+    assert figures["model"] in figures["variants"]
+    for key in REQUIRED_KEYS:
+        assert figures[key] > 0, key
+    for name, variant in figures["variants"].items():
+        for key, value in variant.items():
+            assert value > 0, f"{name}: {key}"
+    assert "data path" in finished.stdout
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--steps", "0"], "--steps: must be a whole number >= 1, got 0"),
+    (["--workers", "-1"], "--workers must be >= 0, got -1"),
+    (["--variants", "bn"], "--variants: invalid choice: 'bn'"),
+])
+def test_benchmark_rejects_invalid_arguments(argv, message, capsys):
+    spec = importlib.util.spec_from_file_location("throughput", BENCHMARK)
+    throughput = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(throughput)
+    with pytest.raises(SystemExit) as exit_info:
+        throughput.parse_args(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
