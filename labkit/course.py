@@ -32,7 +32,8 @@ class CheckpointFormatError(ValueError):
 
 def course_to_labkit_key(key: str) -> str:
     """Translate one course state-dict key to labkit's name for the same tensor."""
-    key = key.removeprefix("model.").removeprefix("layer_dict.")
+    # A network wrapped in nn.DataParallel saves its keys under an extra "module." prefix.
+    key = key.removeprefix("model.").removeprefix("module.").removeprefix("layer_dict.")
     if key.startswith("logit_linear_layer."):
         return "classifier." + key.removeprefix("logit_linear_layer.")
     for pattern, template in _COURSE_PATTERNS:

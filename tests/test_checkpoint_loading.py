@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from labkit.course import load_course_checkpoint, save_course_checkpoint
+from labkit.course import course_state_dict, load_course_checkpoint, save_course_checkpoint
 from labkit.networks import build_network
 from labkit.trainer import CheckpointError, load_checkpoint, save_checkpoint
 
@@ -67,22 +67,21 @@ def test_labkit_checkpoint_round_trip(tmp_path):
 @pytest.mark.parametrize("accuracy", [np.float64(0.6125), np.float32(0.5), 0.75])
 def test_course_checkpoint_with_numpy_float(tmp_path, accuracy):
     model = small_network()
-    save_course_checkpoint(tmp_path / "train_model_7", model, epoch=7, best_epoch=5, best_val_acc=accuracy)
-    # The course's files must load without labkit's allowlist too, except for the NumPy scalar.
-    raw = torch.load(tmp_path / "train_model_7", weights_only=True) if type(accuracy) is float else None
+    path = tmp_path / "train_model_7"
+    save_course_checkpoint(path, model, epoch=7, best_epoch=5, best_val_acc=accuracy)
     restored = build_network(0, 3, 8, 10, bn=True, residual=False)
-    extras = load_course_checkpoint(tmp_path / "train_model_7", restored)
+    extras = load_course_checkpoint(path, restored)
     assert same_weights(model, restored)
     assert extras == {"model_epoch": 7, "best_val_model_idx": 5, "best_val_model_acc": accuracy}
     assert type(extras["best_val_model_acc"]) is type(accuracy)
-    if raw is not None:
-        assert set(raw) == {"network", "model_epoch", "best_val_model_idx", "best_val_model_acc"}
+    if type(accuracy) is float:
+        # Without a NumPy scalar the file needs nothing beyond torch's own allowlist.
+        assert set(torch.load(path, weights_only=True)) == {"network", "model_epoch", "best_val_model_idx",
+                                                            "best_val_model_acc"}
 
 
 def test_numpy1_course_checkpoint_loads(tmp_path):
     model = small_network()
-    from labkit.course import course_state_dict
-
     save_as_numpy1({"network": course_state_dict(model), "model_epoch": 2, "best_val_model_idx": 2,
                     "best_val_model_acc": np.float64(0.25)}, tmp_path / "train_model_2")
     restored = build_network(0, 3, 8, 10, bn=True, residual=False)
@@ -104,8 +103,6 @@ def test_custom_class_rejected_with_reason(tmp_path):
 
 def test_course_loader_rejects_custom_class(tmp_path):
     model = small_network()
-    from labkit.course import course_state_dict
-
     torch.save({"network": course_state_dict(model), "model_epoch": 1, "helper": Unsafe()}, tmp_path / "train_model_1")
     with pytest.raises(CheckpointError, match="Unsafe"):
         load_course_checkpoint(tmp_path / "train_model_1", small_network())
@@ -131,3 +128,13 @@ def test_truncated_checkpoint_named(tmp_path, kept):
 def test_missing_checkpoint_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="latest.pt not found"):
         load_checkpoint(tmp_path / "latest.pt")
+
+
+def test_data_parallel_course_checkpoint_loads(tmp_path):
+    model = small_network()
+    state = {key.replace("model.", "model.module.", 1): value for key, value in course_state_dict(model).items()}
+    torch.save({"network": state, "model_epoch": 4, "best_val_model_idx": 4,
+                "best_val_model_acc": np.float64(0.5)}, tmp_path / "train_model_4")
+    restored = build_network(0, 3, 8, 10, bn=True, residual=False)
+    load_course_checkpoint(tmp_path / "train_model_4", restored)
+    assert same_weights(model, restored)
