@@ -29,17 +29,14 @@ from labkit.runfolder import ACTIVATIONS, SKIP, UPDATES
 
 logger = logging.getLogger(__name__)
 
-ACTIVATION_COLUMNS = ["epoch", "layer", "depth", "mean", "std", "batch_std", "frac_negative"]
-UPDATE_COLUMNS = ["epoch", "layer", "update_ratio", "update_norm", "weight_norm"]
-SKIP_COLUMNS = ["epoch", "block", "skip_grad_norm", "branch_grad_norm", "branch_to_skip"]
 ACTIVATION_TYPES = (nn.LeakyReLU, nn.ReLU)
 # The course's batch size, so that BatchNorm's batch statistics in a train-mode probe match a training step's.
 DEFAULT_PROBE_BATCH = 100
 
-# Thresholds of the verdict. Measured with labkit.hooks.gradients_at at torch.manual_seed(0) on one
-# batch of 100 N(0, 1) images (tests/test_diagnostics.py repeats the VGG_08 and VGG_38 cases), the
-# attenuation at initialization is 9.9e-3 for VGG_08, 4.2e-5 for VGG_14, 1.3e-7 for VGG_20,
-# 5.7e-15 for VGG_38, 2.9e2 for VGG_38 BN and 1.1e-2 for VGG_38 RC.
+# Thresholds of the verdict. The attenuation at initialization was measured with
+# labkit.hooks.gradients_at after torch.manual_seed(0), on one batch of 100 N(0, 1) images. It is
+# 9.9e-3 for VGG_08, 4.2e-5 for VGG_14, 1.3e-7 for VGG_20, 5.7e-15 for VGG_38, 2.9e2 for VGG_38 BN
+# and 1.1e-2 for VGG_38 RC. tests/test_diagnostics.py checks the VGG_08 and VGG_38 cases.
 VANISHING_RATIO = 1e-4  # first- over last-layer mean |grad| below this: gradients vanish
 # Below chance level by less than this (nats) over the whole run: the loss never left chance.
 # The course's VGG_38 gets no lower than 4.6052 against ln(100) = 4.6052; VGG_08 reaches 1.60.
@@ -48,6 +45,9 @@ CHANCE_MARGIN = 0.1
 # about 8 float32 rounding steps (eps = 1.2e-7): its output is then the same for every image.
 # Measured as above: VGG_38 crosses it at depth 24 of 37, VGG_08 stays above 5e-3.
 COLLAPSE_RATIO = 1e-6
+# A layer whose weights change by less than this fraction of their norm per step needs about a
+# million steps to change by their own size, so it is frozen in practice.
+FROZEN_RATIO = 1e-6
 
 VANISHING = "vanishing gradients"
 STUCK = "stuck at chance"
@@ -204,7 +204,7 @@ class EpochRecorder:
         self.labels: Tensor | None = None
 
     def wants(self, epoch: int) -> bool:
-        """Whether ``epoch`` is one of the epochs to record."""
+        """Return whether ``epoch`` is one of the epochs to record."""
         return self.epochs is None or epoch in self.epochs
 
     def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer, split: Any) -> None:
@@ -364,7 +364,7 @@ class Diagnosis:
 
     name: str
     verdict: str
-    evidence: list[str]  # the records the verdict rests on: loss, gradients, activations
+    evidence: list[str]  # the records used: gradients, loss, activations, updates
     num_classes: int
     chance_loss: float  # ln(num_classes), the loss of a uniform prediction
     attenuation_init: float | None = None  # first- over last-layer mean |grad| at initialization
@@ -379,6 +379,11 @@ class Diagnosis:
     collapse_init: tuple[int, str] | None = None  # (depth, layer) where activations collapse at initialization
     collapse_end: tuple[int, str] | None = None
     activation_end_epoch: int | None = None
+    update_epoch: int | None = None  # the last epoch with update records
+    update_ratio_first: float | None = None  # |update| / |weight| per step of the first layer at update_epoch
+    update_ratio_last: float | None = None  # the same for the last layer
+    frozen_layers: list[str] | None = None  # layers whose update ratio at update_epoch is below FROZEN_RATIO
+    update_layers: int | None = None  # layers with update records
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -387,23 +392,23 @@ class Diagnosis:
         ratios = [ratio for ratio in (self.attenuation_init, self.attenuation_end) if ratio is not None]
         if not ratios:
             return None
-        return any(ratio < VANISHING_RATIO or ratio == 0 for ratio in ratios)
+        return any(ratio < VANISHING_RATIO for ratio in ratios)
 
     def to_dict(self) -> dict[str, Any]:
-        """The diagnosis as plain values, thresholds included."""
+        """Return the diagnosis as plain values, thresholds included."""
         values = asdict(self)
         values.update(vanishing=self.vanishing, thresholds={"vanishing_ratio": VANISHING_RATIO,
-                      "chance_margin": CHANCE_MARGIN, "collapse_ratio": COLLAPSE_RATIO})
+                      "chance_margin": CHANCE_MARGIN, "collapse_ratio": COLLAPSE_RATIO, "frozen_ratio": FROZEN_RATIO})
         return values
 
     def text(self) -> str:
-        """A short report: the verdict, then one line per kind of evidence."""
+        """Format a short report: the verdict, then one line per kind of evidence."""
         return "\n".join([f"{self.name}: {self.verdict}", *(f"  {line}" for line in _evidence_lines(self))])
 
 
 def _gradient_line(diagnosis: Diagnosis) -> str:
     if diagnosis.vanishing is None:
-        return "gradients: not recorded, so the verdict rests on the loss alone"
+        return "gradients: not recorded, so the verdict rests on the loss alone and cannot name the cause"
     parts = []
     if diagnosis.attenuation_init is not None:
         parts.append(f"{diagnosis.attenuation_init:.1e} at initialization")
@@ -417,7 +422,8 @@ def _loss_line(diagnosis: Diagnosis) -> str:
     if diagnosis.loss_moved is None:
         return "loss: not recorded"
     moved = "left chance" if diagnosis.loss_moved else f"stayed within {CHANCE_MARGIN} nats of chance"
-    return (f"loss: lowest train loss {diagnosis.min_train_loss:.3f} over {diagnosis.epochs} epochs against chance "
+    epochs = f"{diagnosis.epochs} epoch" + ("s" if diagnosis.epochs != 1 else "")
+    return (f"loss: lowest train loss {diagnosis.min_train_loss:.3f} over {epochs} against chance "
             f"ln({diagnosis.num_classes}) = {diagnosis.chance_loss:.3f}, so it {moved}; final val loss "
             f"{diagnosis.final_val_loss:.3f}, val acc {100 * diagnosis.final_val_acc:.2f}%")
 
@@ -433,6 +439,11 @@ def _evidence_lines(diagnosis: Diagnosis) -> list[str]:
         if diagnosis.activation_end_epoch > 0:
             at_end = f", {_collapse_text(diagnosis.collapse_end)} at epoch {diagnosis.activation_end_epoch}"
         lines.append(f"activations: {_collapse_text(diagnosis.collapse_init)} at initialization{at_end}")
+    if diagnosis.update_epoch is not None:
+        lines.append(f"updates at epoch {diagnosis.update_epoch} (|update| / |weight| per step): "
+                     f"{diagnosis.update_ratio_first:.1e} in the first layer, {diagnosis.update_ratio_last:.1e} in the "
+                     f"last; {len(diagnosis.frozen_layers)} of {diagnosis.update_layers} layers stay below "
+                     f"{FROZEN_RATIO:.0e} and do not learn")
     return lines + diagnosis.notes
 
 
@@ -477,10 +488,22 @@ def _add_activations(diagnosis: Diagnosis, activations: pd.DataFrame) -> None:
     diagnosis.evidence.append("activations")
 
 
+def _add_updates(diagnosis: Diagnosis, updates: pd.DataFrame) -> None:
+    epoch = int(updates["epoch"].max())
+    rows = updates[updates["epoch"] == epoch]
+    diagnosis.update_epoch = epoch
+    diagnosis.update_ratio_first = float(rows["update_ratio"].iloc[0])
+    diagnosis.update_ratio_last = float(rows["update_ratio"].iloc[-1])
+    diagnosis.frozen_layers = rows.loc[rows["update_ratio"] < FROZEN_RATIO, "layer"].tolist()
+    diagnosis.update_layers = len(rows)
+    diagnosis.evidence.append("updates")
+
+
 def diagnose(
     summary: pd.DataFrame | None = None,
     grads: pd.DataFrame | None = None,
     activations: pd.DataFrame | None = None,
+    updates: pd.DataFrame | None = None,
     name: str = "run",
     num_classes: int = 100,
     status: str | None = None,
@@ -491,6 +514,7 @@ def diagnose(
         summary: per-epoch train_loss, val_loss and val_acc.
         grads: tidy gradient records in forward order, epoch 0 at initialization.
         activations: tidy activation records from ``activation_stats``.
+        updates: tidy records of ``UpdateRecorder``; they add numbers, not a verdict.
         status: the run's status; ``diverged`` decides the verdict.
 
     The verdict is ``diverged`` for a diverged run. Otherwise the loss decides
@@ -500,8 +524,8 @@ def diagnose(
     gradients`` for a run that does not train. Without a loss curve the
     gradients alone decide (``vanishing gradients`` or ``healthy gradient flow``).
     """
-    present = {key: frame for key, frame in (("summary", summary), ("grads", grads), ("activations", activations))
-               if frame is not None and len(frame)}
+    given = {"summary": summary, "grads": grads, "activations": activations, "updates": updates}
+    present = {key: frame for key, frame in given.items() if frame is not None and len(frame)}
     if not present.keys() & {"summary", "grads"}:
         raise ValueError(f"{name}: nothing to diagnose; pass a loss summary or gradient records")
     diagnosis = Diagnosis(name=name, verdict="", evidence=[], num_classes=num_classes, chance_loss=math.log(num_classes))
@@ -511,9 +535,11 @@ def diagnose(
         _add_loss(diagnosis, present["summary"])
     if "activations" in present:
         _add_activations(diagnosis, present["activations"])
-    if diagnosis.vanishing is None:
-        diagnosis.notes.append("no gradient records: the verdict rests on the loss alone and cannot name the cause")
+    if "updates" in present:
+        _add_updates(diagnosis, present["updates"])
     diagnosis.verdict = _verdict(diagnosis.vanishing, diagnosis.loss_moved, status)
+    if diagnosis.verdict == STUCK and diagnosis.vanishing is False:
+        diagnosis.notes.append("gradients reach the first layer, so vanishing gradients do not explain it")
     return diagnosis
 
 
@@ -529,15 +555,16 @@ def diagnose_run(run: Any) -> Diagnosis:
     """Diagnose a ``labkit.runs.Run``, or the run folder at a path, from every record it holds.
 
     Course folders hold only loss curves, so their verdict rests on the loss
-    alone and the diagnosis says so.
+    alone and the diagnosis states that.
     """
     from labkit.runs import Run, load_run
 
     if not isinstance(run, Run):
         run = load_run(run)
     records = load_records(run)
-    return diagnose(summary=run.summary, grads=run.grads, activations=records.get("activations"), name=run.label,
-                    num_classes=int(run.config.get("num_classes", 100)), status=run.record.get("status"))
+    return diagnose(summary=run.summary, grads=run.grads, activations=records.get("activations"),
+                    updates=records.get("updates"), name=run.label, num_classes=int(run.config.get("num_classes", 100)),
+                    status=run.record.get("status"))
 
 
 def diagnose_model(model: nn.Module, images: Tensor, labels: Tensor, name: str = "model") -> Diagnosis:
