@@ -58,6 +58,16 @@ def _train(args: argparse.Namespace) -> int:
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_train]
 
 
+def _add_report_commands(subparsers: argparse._SubParsersAction) -> None:
+    from labkit.report_cli import add_diagnose, add_table
+
+    add_diagnose(subparsers)
+    add_table(subparsers)
+
+
+COMMANDS.append(_add_report_commands)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from labkit import __version__
 
