@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.datasets import CIFAR100
 
+from labkit import runfolder
+
 logger = logging.getLogger(__name__)
 
 ARCHIVE_NAME = CIFAR100.filename  # "cifar-100-python.tar.gz"
@@ -323,13 +325,16 @@ def write_synthetic_cifar100(
     members[SYNTHETIC_MANIFEST] = json.dumps(manifest, indent=2).encode()
 
     target = root / ARCHIVE_NAME
-    with tempfile.NamedTemporaryFile(dir=root, prefix=".synthetic-", suffix=".tar.gz", delete=False) as handle:
+
+    def write_archive(handle: io.BufferedWriter) -> None:
         with tarfile.open(fileobj=handle, mode="w:gz") as archive:
             for name, raw in members.items():
                 info = tarfile.TarInfo(f"{FOLDER_NAME}/{name}")
                 info.size = len(raw)
                 archive.addfile(info, io.BytesIO(raw))
-    Path(handle.name).replace(target)
+
+    # Written atomically, so a killed writer never leaves a half archive under the name load_synthetic checks.
+    runfolder.atomic_write(target, write_archive)
     return target
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import tarfile
@@ -319,3 +320,13 @@ def wait_for_partial_download(root: Path, server: ArchiveServer, timeout: float 
             return staged[0]
         time.sleep(0.05)
     raise AssertionError(f"no partial download appeared under {root} within {timeout} s")
+
+
+def test_synthetic_archive_follows_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        path = write_synthetic_cifar100(tmp_path, train_size=20, test_size=10)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == [ARCHIVE_NAME]
