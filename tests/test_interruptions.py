@@ -43,7 +43,7 @@ def assert_same_results(folder: Path, reference: Path) -> None:
 # Resume after a kill or an interrupt.
 
 CLI_SETTINGS = ["data=synthetic", "synthetic_train_size=400", "synthetic_test_size=100", "num_blocks_per_stage=0",
-                "num_filters=16", "epochs=3", "batch_size=20", "progress=false", "device=cpu"]
+                "num_filters=16", "epochs=2", "batch_size=20", "progress=false", "device=cpu"]
 
 
 def labkit_train(data_dir: Path, out: Path, *flags: str) -> list[str]:
@@ -83,9 +83,6 @@ def test_killed_cli_run_resumes_exactly(tmp_path):
     assert not (folder / "test_summary.csv").exists()
     assert (folder / ".lock").is_file()
 
-    rejected = subprocess.run(labkit_train(data_dir, folder), capture_output=True, text=True, timeout=600)
-    assert rejected.returncode == 1
-    assert "--resume" in rejected.stderr
     resumed = subprocess.run(labkit_train(data_dir, folder, "--resume"), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from labkit import ExperimentConfig, fit, runfolder
+from labkit.cli import main
 from labkit.data import read_cifar100, write_synthetic_cifar100
 from labkit.runfolder import RunFolderError, RunLock
 from labkit.trainer import SUMMARY_COLUMNS, load_checkpoint
@@ -251,6 +252,15 @@ def test_folder_with_results_rejected(tmp_path, finished_run, tiny_arrays):
     assert "--resume" in message
     assert "--overwrite" in message
     assert {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()} == before
+
+
+def test_cli_rejects_folder_with_results(tmp_path, finished_run, capsys):
+    folder = copy_run(finished_run, tmp_path / "run")
+    status = main(["train", "num_blocks_per_stage=0", "progress=false", "--out", str(folder)])
+    assert status == 1
+    error = capsys.readouterr().err
+    assert f"labkit train: error: {folder} already" in error
+    assert "--resume" in error
 
 
 def test_overwrite_replaces_results(tmp_path, finished_run, tiny_arrays):
