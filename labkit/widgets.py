@@ -39,6 +39,7 @@ from labkit.config import ConfigError, ExperimentConfig
 from labkit.data import DataError, ImageArrays, course_split, load_cifar100, load_synthetic, normalize
 from labkit.hooks import gradients_at
 from labkit.networks import build_network, count_parameters, network_depth
+from labkit.params import COMPARE_NOTEBOOK, NOTEBOOKS, load_experiment, project_dir
 from labkit.trainer import RunResult, TrainingDiverged, fit
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ CONTROL_FIELDS = [("BN", "bn"), ("RC", "residual"), ("blocks per stage", "num_bl
 # The training thread updates the progress bar at most this often (seconds), so
 # that fast runs on a GPU do not flood the frontend with widget messages.
 PROGRESS_INTERVAL = 0.25
+# Notebooks that train an experiment of their own; a saved params file names one of them.
+TRAINING_NOTEBOOKS = [name for name in NOTEBOOKS if name != COMPARE_NOTEBOOK]
 # Seaborn's "colorblind" palette, the one labkit.plots uses.
 PALETTE = ["#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc", "#ca9161", "#fbafe4", "#949494", "#ece133", "#56b4e9"]
 
@@ -216,8 +219,10 @@ class _Worker:
         self._jobs.put((job, future))
         return future
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
+        """End the thread after the jobs already queued, waiting up to ``timeout`` seconds for it."""
         self._jobs.put(None)
+        self._thread.join(timeout)
 
     def _loop(self) -> None:
         while (item := self._jobs.get()) is not None:
@@ -321,6 +326,49 @@ def figure_svg(fig: Figure) -> str:
     return svg[svg.index("<svg"):]
 
 
+def notebook_name(notebook: str | Path) -> str:
+    """Return the params-file name of a notebook path, e.g. ``notebooks/02_normalize.ipynb`` -> ``02_normalize``.
+
+    Raises:
+        ConfigError: the notebook trains no experiment of its own.
+    """
+    name = Path(notebook).name.removesuffix(".ipynb")
+    if name not in TRAINING_NOTEBOOKS:
+        raise ConfigError(f"notebook {str(notebook)!r}: a params file can name only {', '.join(TRAINING_NOTEBOOKS)}")
+    return name
+
+
+def default_params_dir() -> Path:
+    """Return ``params/`` of the working folder or of its parent (the project when a kernel runs in ``notebooks/``)."""
+    for folder in (Path("params"), Path("..") / "params"):
+        if folder.is_dir():
+            return folder
+    return Path(".")
+
+
+def params_stem(config: ExperimentConfig) -> str:
+    """Name a params file after its settings, e.g. ``panel_vgg38_bn_lr1e-3``, in the style of the lab's files."""
+    depth = network_depth(config.num_blocks_per_stage, config.num_stages)
+    tags = "".join(tag for tag, on in (("_bn", config.bn), ("_rc", config.residual)) if on)
+    mantissa, exponent = f"{config.lr:.0e}".split("e")
+    data = "_synthetic" if config.data == "synthetic" else ""
+    return f"panel_vgg{depth:02d}{tags}_lr{mantissa}e{int(exponent)}{data}"
+
+
+def params_values(config: ExperimentConfig, notebook: str, target: Path) -> dict[str, Any]:
+    """Return the mapping a params file at ``target`` holds: ``notebook``, then every ExperimentConfig field.
+
+    ``data_dir`` is written relative to the project folder when it lies inside it,
+    because ``labkit run`` reads relative paths against that folder.
+    """
+    values: dict[str, Any] = {"notebook": notebook_name(notebook), **config.to_dict()}
+    data_dir = Path(config.data_dir).expanduser()
+    project = project_dir(target)
+    if data_dir.is_absolute() and data_dir.resolve().is_relative_to(project):
+        values["data_dir"] = data_dir.resolve().relative_to(project).as_posix()
+    return values
+
+
 class Panel:
     """Controls, live plots and run history of the interactive training panel.
 
@@ -330,15 +378,20 @@ class Panel:
 
     Args:
         config: settings the controls start from.
-        notebook: the notebook that ``labkit run`` executes with a saved params file.
-        params_path: where Save params writes, relative to the kernel's working directory.
+        notebook: the notebook that ``labkit run`` executes with a saved params file (a path or a name);
+            empty selects the first notebook that trains an experiment.
+        params_path: where Save params writes; empty picks ``<params folder>/<params_stem>.yaml`` at saving time.
         run_root: folder that receives one run folder per training run; None keeps runs in memory.
+
+    Raises:
+        ConfigError: a setting lies outside its control's range, or ``notebook`` trains no experiment.
     """
 
     def __init__(self, config: ExperimentConfig | None = None, notebook: str = "",
-                 params_path: str = "panel-params.yaml", run_root: str | Path | None = None) -> None:
+                 params_path: str = "", run_root: str | Path | None = None) -> None:
         self.base_config = config or ExperimentConfig()
         check_panel_ranges(self.base_config)
+        notebook = notebook_name(notebook) if notebook else TRAINING_NOTEBOOKS[0]
         self.run_root = Path(run_root) if run_root is not None else None
         self.runs: list[PanelRun] = []
         self.init_grads: list[dict] = []
@@ -375,8 +428,10 @@ class Panel:
         self.train_button = widgets.Button(description="Train", button_style="success", icon="play")
         self.stop_button = widgets.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
         self.clear_button = widgets.Button(description="Clear runs", icon="trash")
-        self.notebook = widgets.Text(value=notebook, description="notebook", placeholder="notebook that labkit run executes")
-        self.params_path = widgets.Text(value=params_path, description="params file")
+        self.notebook = widgets.Dropdown(options=TRAINING_NOTEBOOKS, value=notebook, description="notebook",
+                                         tooltip="the notebook that labkit run executes with the saved params file")
+        self.params_path = widgets.Text(value=params_path, description="params file",
+                                        placeholder=f"{default_params_dir() / 'panel_<settings>.yaml'}")
         self.save_button = widgets.Button(description="Save params", icon="save")
         self.settings_controls = [self.bn, self.residual, self.depth, self.lr, self.epochs, self.data, self.clear_button]
         for name in ("bn", "residual", "depth", "lr", "epochs", "data", "train_button", "stop_button", "clear_button",
@@ -460,10 +515,10 @@ class Panel:
         for future in list(self._pending):
             future.result(timeout)
 
-    def close(self) -> None:
-        """Stop a running run, end the background thread and close the widgets."""
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop a running run, end the background thread (waiting up to ``timeout`` seconds) and close the widgets."""
         self._stop_event.set()
-        self._worker.close()
+        self._worker.close(timeout)
         for widget in _descendants(self.widget):
             widget.close()
 
@@ -619,19 +674,26 @@ class Panel:
         self.plot_data["grad_flow"] = lines
 
     def save_params(self, path: str | Path | None = None) -> Path:
-        """Write the current settings as a params file for ``labkit run`` and return its path.
+        """Write the current settings as a params file for ``labkit run``, validate it, and return its path.
 
-        The file is flat YAML: ``notebook`` followed by every ExperimentConfig field.
+        The file is flat YAML: ``notebook`` followed by every ExperimentConfig
+        field. Without ``path`` (and an empty params-file box) it goes to
+        ``<params folder>/<params_stem>.yaml``.
 
         Raises:
-            ConfigError: the notebook is not set.
+            ConfigError: ``labkit.params`` rejects the file; the file is removed.
         """
-        notebook = self.notebook.value.strip()
-        if not notebook:
-            raise ConfigError("params file: set the notebook that labkit run executes before saving")
-        target = Path(path if path is not None else self.params_path.value).expanduser()
-        values = {"notebook": notebook, **self.settings().to_dict()}
-        runfolder.write_text(target, yaml.safe_dump(values, sort_keys=False))
+        config = self.settings()
+        chosen = path if path is not None else self.params_path.value.strip()
+        target = Path(chosen).expanduser() if chosen else default_params_dir() / f"{params_stem(config)}.yaml"
+        header = f"# Saved from the labkit panel: {config.label}, lr {config.lr:g}, {config.epochs} epochs, {config.data} data.\n"
+        values = params_values(config, self.notebook.value, target)
+        runfolder.write_text(target, header + yaml.safe_dump(values, sort_keys=False))
+        try:
+            load_experiment(target)
+        except ConfigError:
+            target.unlink()
+            raise
         return target
 
     def _save_clicked(self) -> None:
@@ -655,16 +717,18 @@ def _slug(text: str) -> str:
 
 
 def _current_notebook() -> str:
-    # Jupyter Server 2 passes the notebook's path to its kernel in JPY_SESSION_NAME.
-    path = os.environ.get("JPY_SESSION_NAME", "")
-    return path if path.endswith(".ipynb") else ""
+    """Return the kernel's own notebook name when it trains an experiment, else an empty string."""
+    # Jupyter Server 2 passes the notebook's path to its kernel in JPY_SESSION_NAME; papermill and nbval do not.
+    name = Path(os.environ.get("JPY_SESSION_NAME", "")).name.removesuffix(".ipynb")
+    return name if name in TRAINING_NOTEBOOKS else ""
 
 
 def show_panel(*, notebook: str | None = None, run_root: str | Path | None = None, **defaults: Any) -> Panel | None:
     """Display the training panel, or print a static description when no interactive frontend runs the code.
 
     Args:
-        notebook: notebook that saved params files name; default the kernel's own notebook.
+        notebook: the notebook saved params files name (a path or a name such as ``02_normalize``);
+            default the kernel's own notebook when it is one of them, else the first of them.
         run_root: folder for the panel's run folders; None keeps runs in memory.
         **defaults: ExperimentConfig fields the controls start from, e.g. ``bn=False, data="synthetic"``.
 
@@ -678,7 +742,7 @@ def show_panel(*, notebook: str | None = None, run_root: str | Path | None = Non
 
     config = ExperimentConfig.from_dict(defaults, source="show_panel")
     check_panel_ranges(config, source="show_panel")
-    notebook = _current_notebook() if notebook is None else notebook
+    notebook = _current_notebook() if notebook is None else notebook_name(notebook)
     if not interactive_frontend():
         print(describe(config, notebook))
         return None

@@ -2,6 +2,7 @@
 
 import json
 import sys
+from pathlib import Path
 import threading
 from types import SimpleNamespace
 
@@ -11,6 +12,8 @@ import torch
 
 from labkit.config import ConfigError, ExperimentConfig, load_yaml
 from labkit.networks import build_network, count_parameters, network_depth
+from labkit.params import load_experiment
+from labkit.runner import plan
 from labkit.widgets import (
     MODE_ENV,
     Panel,
@@ -18,8 +21,12 @@ from labkit.widgets import (
     check_panel_ranges,
     describe,
     interactive_frontend,
+    notebook_name,
+    params_stem,
     show_panel,
 )
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
 # One stage of four-channel convolutions on 100 synthetic images (95 for training): an epoch is two steps.
 TINY = dict(num_blocks_per_stage=0, num_stages=1, num_filters=4, epochs=2, batch_size=50, device="cpu",
@@ -34,7 +41,7 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture
 def panel(data_dir):
-    panel = Panel(ExperimentConfig(**TINY, data_dir=data_dir), notebook="notebooks/panel.ipynb")
+    panel = Panel(ExperimentConfig(**TINY, data_dir=data_dir), notebook="notebooks/02_normalize.ipynb")
     panel.wait(timeout=120)
     yield panel
     panel.close()
@@ -56,16 +63,17 @@ def test_architecture_rows_match_network(blocks, bn, residual):
 
 def test_describe_lists_settings_and_architecture():
     config = ExperimentConfig(num_blocks_per_stage=5, bn=True, lr=0.01, epochs=7, data="synthetic")
-    text = describe(config, notebook="notebooks/02.ipynb")
+    text = describe(config, notebook="02_normalize")
 
     for line in ("BN: bn = True", "RC: residual = False", "blocks per stage: num_blocks_per_stage = 5",
                  "learning rate: lr = 0.01", "epochs: epochs = 7", "data: data = 'synthetic'"):
         assert line in text
     assert "synthetic stand-in, not CIFAR-100" in text
-    assert "notebooks/02.ipynb" in text
+    assert "Notebook for labkit run: 02_normalize" in text
     parameters = count_parameters(build_network(5, bn=True))
     assert f"VGG_38 BN: 38 weight layers, {parameters:,} parameters" in text
-    assert describe(config, notebook="notebooks/02.ipynb") == text
+    assert describe(config, notebook="02_normalize") == text
+    assert "Notebook for labkit run" not in describe(config)
 
 
 def test_panel_ranges_rejected():
@@ -224,7 +232,7 @@ def test_failed_run_reported(panel, tmp_path):
     assert not panel.train_button.disabled
 
 
-def test_save_params_round_trip(panel, tmp_path):
+def test_save_params_accepted_by_run(panel, tmp_path):
     panel.bn.value = True
     panel.depth.value = 4
     panel.lr.value = 0.003
@@ -232,31 +240,71 @@ def test_save_params_round_trip(panel, tmp_path):
     values = load_yaml(path)
 
     assert list(values)[0] == "notebook"
-    assert values.pop("notebook") == "notebooks/panel.ipynb"
+    assert values.pop("notebook") == "02_normalize"
     saved = ExperimentConfig.from_dict(values, source=str(path))
     assert saved == panel.settings()
     assert (saved.bn, saved.num_blocks_per_stage, saved.data) == (True, 4, "synthetic")
     assert saved.lr == pytest.approx(0.003)
+    assert path.read_text().startswith("# Saved from the labkit panel: VGG_12 BN, lr 0.003, 2 epochs, synthetic data.\n")
+
+    # labkit run validates every params file this way before it starts a notebook.
+    (experiment,) = plan([path], notebooks_dir=NOTEBOOKS_DIR)
+    assert experiment.notebook == "02_normalize"
+    assert experiment.config == panel.settings()
 
 
-def test_save_button_reports_missing_notebook(panel, tmp_path):
-    panel.notebook.value = " "
-    panel.params_path.value = str(tmp_path / "x.yaml")
+def test_save_params_default_path(panel, tmp_path, monkeypatch):
+    (tmp_path / "params").mkdir()
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    panel.base_config = panel.base_config.replace(data_dir=str(tmp_path / "data"))
+    panel.bn.value = True
+    path = panel.save_params()
+
+    assert path == Path("..") / "params" / "panel_vgg04_bn_lr1e-3_synthetic.yaml"
+    # A data folder inside the project is written relative to it, as labkit run reads it.
+    assert load_yaml(path)["data_dir"] == "data"
+    assert load_experiment(path).config.data_dir == str(tmp_path / "data")
+
+
+def test_params_stem_and_notebook_name():
+    assert params_stem(ExperimentConfig(bn=True, residual=True, lr=1e-2)) == "panel_vgg38_bn_rc_lr1e-2"
+    assert params_stem(ExperimentConfig(num_blocks_per_stage=0, data="synthetic")) == "panel_vgg08_lr1e-3_synthetic"
+    assert notebook_name("/home/user/lab/notebooks/03_residual.ipynb") == "03_residual"
+    assert notebook_name("01_diagnose") == "01_diagnose"
+    with pytest.raises(ConfigError, match="can name only 01_diagnose, 02_normalize, 03_residual"):
+        notebook_name("04_compare.ipynb")
+    with pytest.raises(ConfigError, match="'Untitled.ipynb'"):
+        Panel(ExperimentConfig(**TINY), notebook="Untitled.ipynb")
+
+
+def test_save_button_reports_errors(panel, tmp_path):
+    panel.params_path.value = str(tmp_path)  # a folder, not a file
     panel.save_button.click()
-    assert "set the notebook" in panel.status.value
-    assert not (tmp_path / "x.yaml").exists()
+    assert "Error" in panel.status.value
 
-    panel.notebook.value = "notebooks/panel.ipynb"
+    panel.params_path.value = str(tmp_path / "params" / "x.yaml")
     panel.save_button.click()
-    assert (tmp_path / "x.yaml").is_file()
-    assert f"labkit run {tmp_path / 'x.yaml'}" in panel.status.value
+    assert (tmp_path / "params" / "x.yaml").is_file()
+    assert f"labkit run {tmp_path / 'params' / 'x.yaml'}" in panel.status.value
+
+
+def test_rejected_params_file_removed(panel, tmp_path, monkeypatch):
+    def reject(path):
+        raise ConfigError(f"{path}: rejected")
+
+    monkeypatch.setattr("labkit.widgets.load_experiment", reject)
+    with pytest.raises(ConfigError, match="rejected"):
+        panel.save_params(tmp_path / "params" / "x.yaml")
+    assert not (tmp_path / "params" / "x.yaml").exists()
 
 
 def test_show_panel_static_outside_kernel(capsys):
-    assert show_panel(num_blocks_per_stage=5, data="synthetic", notebook="n.ipynb") is None
+    assert show_panel(num_blocks_per_stage=5, data="synthetic", notebook="notebooks/01_diagnose.ipynb") is None
     out = capsys.readouterr().out
     assert out.startswith("labkit panel: static description")
     assert "VGG_38: 38 weight layers" in out
+    assert "Notebook for labkit run: 01_diagnose" in out
 
 
 def _fake_ipython(monkeypatch, metadata):
@@ -288,7 +336,7 @@ def test_frontend_environment_override(monkeypatch):
 def _panel_notebook(tmp_path):
     code = (
         "from labkit.widgets import show_panel\n"
-        "panel = show_panel(num_blocks_per_stage=2, bn=True, data='synthetic', notebook='notebooks/panel.ipynb')\n"
+        "panel = show_panel(num_blocks_per_stage=2, bn=True, data='synthetic')\n"
         "print('returned', panel)"
     )
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
