@@ -68,6 +68,15 @@ def _add_report_commands(subparsers: argparse._SubParsersAction) -> None:
 COMMANDS.append(_add_report_commands)
 
 
+def _add_run(subparsers: argparse._SubParsersAction) -> None:
+    from labkit.runner import add_run_command
+
+    add_run_command(subparsers)
+
+
+COMMANDS.append(_add_run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from labkit import __version__
 
