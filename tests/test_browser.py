@@ -185,6 +185,7 @@ def test_panel_trains_in_browser(jupyterlab, browser_page, tmp_path, record_prop
     expect.set_options(timeout=STARTUP_TIMEOUT * 1000)
     try:
         page.goto(f"{url}/lab/tree/panel.ipynb?token={token}")
+        expect(page.get_by_text("Python 3 (ipykernel) | Idle")).to_be_visible()
         page.locator(".jp-Notebook .jp-Cell .cm-content").first.click()
         page.keyboard.press("Shift+Enter")
 
@@ -212,4 +213,14 @@ def test_panel_trains_in_browser(jupyterlab, browser_page, tmp_path, record_prop
         _save_screenshot(page, tmp_path, "panel.png", record_property)
     except Exception:
         _save_screenshot(page, tmp_path, "panel-failure.png", record_property)
+        _print_diagnostics(page, tmp_path / "jupyterlab.log")
         raise
+
+
+def _print_diagnostics(page, log: Path) -> None:
+    """Print what the panel showed and the end of the server log, where kernel errors land."""
+    for selector in (".lk-status", ".lk-epoch-label", ".jp-Notebook .jp-OutputArea-output"):
+        texts = page.locator(selector).all_inner_texts()
+        print(f"{selector}: {[text[:500] for text in texts]}")
+    print("epoch labels seen:", page.evaluate("window.lkEpochLabels || null"))
+    print("server log tail:\n" + log.read_text()[-4000:])
