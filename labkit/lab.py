@@ -2,7 +2,7 @@
 
 Each notebook runs for one params file. It trains that experiment and the
 ones it compares with into their run folders (``<out>/<params stem>/``), or
-loads a run folder that already holds a finished run with the same settings,
+loads a run folder that already contains a finished run with the same settings,
 so a notebook works on its own and ``labkit run`` trains each experiment once.
 """
 
@@ -83,7 +83,7 @@ def describe(experiment: Experiment) -> None:
 
 
 def finished_run_matches(experiment: Experiment) -> bool:
-    """Tell whether the experiment's run folder holds a finished run with the same settings."""
+    """Tell whether the experiment's run folder contains a finished run with the same settings."""
     from labkit.trainer import RESUMABLE_CHANGES
 
     record_path = experiment.run_dir / runfolder.RECORD
@@ -101,7 +101,7 @@ def train_or_load(experiment: Experiment, resume: bool = False, overwrite: bool 
     Returns runs by experiment name, in name order.
 
     Raises:
-        RunFolderError: a run folder holds another run's results and neither
+        RunFolderError: a run folder contains another run's results and neither
             ``resume`` nor ``overwrite`` is set.
     """
     from labkit.trainer import fit
@@ -114,7 +114,19 @@ def train_or_load(experiment: Experiment, resume: bool = False, overwrite: bool 
             logger.info("training %s into %s", item.name, item.run_dir)
             fit(item.config, item.run_dir, resume=resume, overwrite=overwrite)
         runs[item.name] = load_run(item.run_dir)
+    name_with_lr(list(runs.values()))
     return runs
+
+
+def name_with_lr(runs: Sequence[Run]) -> None:
+    """Append the learning rate to the names of runs that would otherwise share a legend entry."""
+    counts: dict[str, int] = {}
+    for run in runs:
+        counts[run.name] = counts.get(run.name, 0) + 1
+    for run in runs:
+        if counts[run.name] > 1 and run.lr is not None:
+            # 1e-2 rather than 0.01 or 1e-02, as the course's table writes learning rates.
+            run.name = f"{run.name} lr {run.lr:.0e}".replace("e-0", "e-").replace("e+0", "e")
 
 
 def reference_runs() -> list[Run]:
@@ -178,6 +190,22 @@ def best_run(runs: Sequence[Run]) -> Run:
     if tested:
         return max(tested, key=lambda run: run.test["test_acc"])
     return max(runs, key=lambda run: run.summary["val_acc"].max())
+
+
+def run_title(run: Run) -> str:
+    """Name a run with its learning rate and, when synthetic, its data, e.g. ``VGG_38 BN, lr 1e-2 (synthetic data)``."""
+    lr = f", lr {run.lr:.0e}".replace("e-0", "e-") if run.lr is not None else ""
+    data = " (synthetic data)" if run.synthetic else ""
+    return f"{run.name}{lr}{data}"
+
+
+def diagnosis_text(run: Run) -> str:
+    """Diagnose a run (``labkit.diagnostics``) and return the report under the run's ``run_title``."""
+    from labkit.diagnostics import diagnose_run
+
+    diagnosis = diagnose_run(run)
+    diagnosis.name = run_title(run)
+    return diagnosis.text()
 
 
 def attenuation_table(runs: dict[str, Run]) -> pd.DataFrame:

@@ -2,8 +2,8 @@
 
 A params file is a flat mapping. ``notebook`` names the notebook that runs
 the experiment; ``compare`` lists other params files (by stem) whose runs
-the notebook shows next to this one; ``out`` is the folder that holds the
-run folders. Every other key is an ``ExperimentConfig`` field, or ``depth``
+the notebook shows next to this one; ``out`` is the folder that contains
+the run folders. Every other key is an ``ExperimentConfig`` field, or ``depth``
 (8 for VGG_08, 38 for VGG_38) in place of ``num_blocks_per_stage``. A
 profile (``params/profiles/<name>.yaml``) overrides settings of every
 experiment, e.g. to run the whole lab on synthetic data.
@@ -64,7 +64,7 @@ class Experiment:
         return self.source.parent
 
     def to_dict(self) -> dict[str, Any]:
-        """The resolved settings as a params mapping, as written to a run folder's ``params.yaml``."""
+        """Return the resolved settings as a params mapping, as written to a run folder's ``params.yaml``."""
         values: dict[str, Any] = {"notebook": self.notebook}
         if self.compare:
             values["compare"] = list(self.compare)
@@ -90,7 +90,7 @@ def read_mapping(path: str | Path, what: str = "params file") -> dict[str, Any]:
     """Read a YAML file that must hold a mapping of settings.
 
     Raises:
-        ConfigError: the file is missing, empty, invalid YAML, or holds a list or scalar.
+        ConfigError: the file is missing, empty or invalid YAML, or its top level is a list or scalar.
     """
     path = Path(path)
     if path.is_dir():
@@ -334,7 +334,7 @@ def default_set(params_dir: str | Path) -> list[Path]:
     """Return every params file in ``params_dir`` in run order: by notebook, then name, comparisons last.
 
     Raises:
-        ConfigError: the folder holds no params file, or one of them is invalid.
+        ConfigError: the folder contains no params file, or one of them is invalid.
     """
     paths = sorted(Path(params_dir).glob(f"*{SUFFIX}"))
     if not paths:

@@ -30,7 +30,7 @@ _CELL_FRAME = re.compile(r"Cell In\s*\[(?P<count>\d*)\],\s*line (?P<line>\d+)")
 
 @dataclass
 class Outcome:
-    """What executing one experiment's notebook produced."""
+    """The result of executing one experiment's notebook."""
 
     experiment: Experiment
     notebook: Path  # the executed notebook in the run folder
@@ -39,7 +39,7 @@ class Outcome:
     error: str = ""  # the failing cell, its source line and the error; empty when ok
 
     def summary(self) -> str:
-        """One line for the command line: status, experiment, notebook and time, then the error."""
+        """Format the outcome for the command line: status, experiment, notebook and time, then the error."""
         status = "ok" if self.ok else "FAILED"
         line = f"{status:6s} {self.experiment.name} ({self.experiment.notebook}) -> {self.notebook} in {self.seconds:.0f} s"
         return line if self.ok else f"{line}\n{self.error}"
@@ -107,7 +107,10 @@ def failure_summary(error: Exception) -> str:
     for match in _CELL_FRAME.finditer(traceback):
         if count is None or match["count"] in ("", str(count)):
             number = int(match["line"])
-    line = lines[number - 1].strip() if number and number <= len(lines) else (lines[-1].strip() if lines else "")
+    if number and number <= len(lines):
+        line = lines[number - 1].strip()
+    else:
+        line = lines[-1].strip() if lines else ""
     where = f"cell In [{count}]" if count is not None else "a cell"
     at_line = f", line {number}" if number else ""
     return f"  {where}{at_line}: {line}\n  {ename}: {evalue}"
@@ -264,7 +267,7 @@ def _run_command(args) -> int:
     import sys
 
     if not args.verbose:
-        # papermill logs every notebook's paths and kernel at INFO; the outcome line says enough.
+        # papermill logs every notebook's paths and kernel at INFO, which the outcome line repeats.
         logging.getLogger("papermill").setLevel(logging.WARNING)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     outcomes = run_experiments(args.params, profile=args.profile, out=args.out, resume=args.resume,
