@@ -1,5 +1,6 @@
 """Trainer: learning on synthetic data, run-folder records, schedule, best model and resume."""
 
+import dataclasses
 import json
 import math
 
@@ -18,7 +19,15 @@ TINY = dict(num_blocks_per_stage=1, num_stages=1, num_filters=8, epochs=3, batch
 
 @pytest.fixture(scope="module")
 def tiny_data(synthetic_arrays):
-    return to_device_data(synthetic_arrays, "cpu")
+    # Twelve steps per epoch keep these tests to seconds on two shared cores.
+    arrays = dataclasses.replace(
+        synthetic_arrays,
+        train_images=synthetic_arrays.train_images[:600],
+        train_labels=synthetic_arrays.train_labels[:600],
+        test_images=synthetic_arrays.test_images[:200],
+        test_labels=synthetic_arrays.test_labels[:200],
+    )
+    return to_device_data(arrays, "cpu")
 
 
 def test_shallow_network_beats_chance(synthetic_arrays):
