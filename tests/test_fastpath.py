@@ -225,7 +225,7 @@ REQUIRED_KEYS = ("baseline_data_img_per_s", "labkit_data_img_per_s", "baseline_e
 
 def test_benchmark_writes_positive_figures(tmp_path):
     output = tmp_path / "throughput.json"
-    command = [sys.executable, str(BENCHMARK), "--device", "cpu", "--steps", "2", "--warmup", "1",
+    command = [sys.executable, str(BENCHMARK), "--device", "cpu", "--steps", "2", "--data-steps", "2", "--repeats", "2", "--warmup", "1",
                "--batch-size", "8", "--eval-images", "16", "--workers", "1", "--threads", "1", "--json", str(output)]
     finished = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-2000:]
@@ -238,9 +238,13 @@ def test_benchmark_writes_positive_figures(tmp_path):
     assert figures["model"] in figures["variants"]
     for key in REQUIRED_KEYS:
         assert figures[key] > 0, key
+    assert len(figures["data_rounds"]["labkit_data_img_per_s"]) == 2
     for name, variant in figures["variants"].items():
         for key, value in variant.items():
-            assert value > 0, f"{name}: {key}"
+            if key != "rounds":
+                assert value > 0, f"{name}: {key}"
+        for key, values in variant["rounds"].items():
+            assert len(values) == 2, f"{name}: {key}"
     assert "data path" in finished.stdout
 
 
