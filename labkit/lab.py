@@ -24,8 +24,10 @@ logger = logging.getLogger(__name__)
 
 FIGURES = "figures"
 TABLE_STEM = "results_table"
-# Printed numbers are rounded to these digits so that a notebook's text output
-# is the same on any CPU; the CSV and LaTeX files keep the report's precision.
+# Printed numbers are rounded to these digits, which hides last-bit floating-point
+# differences between machines in the notebooks' text output (nbval compares it).
+# NOTE: a value that lies close to a rounding boundary can still print differently.
+# The CSV and LaTeX files keep the report's precision.
 ACC_DIGITS = 1
 LOSS_DIGITS = 2
 
