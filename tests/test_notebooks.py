@@ -68,9 +68,9 @@ def test_expected_copy_matches_source(name: str):
     source, expected = read(SOURCES / f"{name}.ipynb"), read(EXPECTED / f"{name}.ipynb")
     injected = tagged(expected, "injected-parameters")
     assert len(injected) == 1, "regenerate the expected notebooks with make expected-notebooks"
-    kept = [cell for cell in expected.cells if cell is not injected[0]]
-    assert [cell.cell_type for cell in kept] == [cell.cell_type for cell in source.cells]
-    for ours, theirs in zip(source.cells, kept):
+    copied = [cell for cell in expected.cells if cell is not injected[0]]
+    assert [cell.cell_type for cell in copied] == [cell.cell_type for cell in source.cells]
+    for ours, theirs in zip(source.cells, copied):
         assert ours.source == theirs.source, "notebooks/ changed: run make expected-notebooks"
 
 
