@@ -93,13 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command in ``argv``; return the process exit status."""
     from labkit.data import DataError
     from labkit.runfolder import RunFolderError
-    from labkit.trainer import TrainingDiverged
+    from labkit.trainer import TrainingDiverged, TrainingOutOfMemory
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.handler(args)
-    except (ConfigError, DataError, RunFolderError, TrainingDiverged, FileNotFoundError) as error:
+    except (ConfigError, DataError, RunFolderError, TrainingDiverged, TrainingOutOfMemory, FileNotFoundError) as error:
         print(f"labkit {args.command}: error: {error}", file=sys.stderr)
         return 2 if isinstance(error, ConfigError) else 1
     except KeyboardInterrupt:
