@@ -46,7 +46,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     from labkit.trainer import fit
 
-    config = ExperimentConfig.from_dict(parse_assignments(args.settings), source="labkit train")
+    config = ExperimentConfig.from_dict(parse_assignments(args.settings), source="settings")
     result = fit(config, args.out, resume=args.resume, overwrite=args.overwrite)
     last = result.history[-1] if result.history else {}
     print(f"{config.label} [{result.data_source}] {result.status} after {len(result.history)} epochs: "

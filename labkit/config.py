@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 
@@ -107,6 +109,9 @@ def validate(config: Any, source: str) -> None:
     types_ = _field_types(type(config))
     for name, expected in types_.items():
         coerce(source, name, getattr(config, name), expected)
+    for name, value in vars(config).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{source}: {name} must be a finite number, got {value!r}")
     for name in _POSITIVE:
         if hasattr(config, name) and not getattr(config, name) > 0:
             raise ConfigError(f"{source}: {name} must be > 0, got {getattr(config, name)!r}")
@@ -115,6 +120,14 @@ def validate(config: Any, source: str) -> None:
             raise ConfigError(f"{source}: {name} must be >= 0, got {getattr(config, name)!r}")
     if getattr(config, "data", DATA_SOURCES[0]) not in DATA_SOURCES:
         raise ConfigError(f"{source}: data must be one of {', '.join(DATA_SOURCES)}, got {config.data!r}")
+    device = getattr(config, "device", "auto")
+    if device != "auto":
+        try:
+            torch.device(device)
+        except RuntimeError:
+            raise ConfigError(
+                f"{source}: device must be 'auto' or a torch device such as 'cpu', 'cuda' or 'cuda:1', got {device!r}"
+            ) from None
 
 
 def _field_types(cls: type) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from labkit import runfolder
-from labkit.config import ExperimentConfig
+from labkit.config import ConfigError, ExperimentConfig
 from labkit.data import DeviceData, DeviceSplit, ImageArrays, iterate_batches, load_cifar100, load_synthetic, normalize, num_batches, to_device_data
 from labkit.hooks import GradientRecorder, gradients_at
 from labkit.networks import build_network, count_parameters
@@ -85,7 +85,7 @@ def select_device(requested: str = "auto") -> torch.device:
     if requested != "auto":
         device = torch.device(requested)
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"device {requested!r} requested but CUDA is not available; use device='auto' or 'cpu'")
+            raise ConfigError(f"device {requested!r} requested but CUDA is not available; use device='auto' or 'cpu'")
         return device
     if torch.cuda.is_available():
         return torch.device("cuda")

@@ -35,6 +35,8 @@ def test_yaml_reads_exponent_floats(tmp_path):
         ({"num_blocks_per_stage": -1}, "num_blocks_per_stage must be >= 0"),
         ({"data": "imagenet"}, "data must be one of"),
         ({"learning_rate": 1e-3}, "unknown key 'learning_rate'"),
+        ({"lr": float("inf")}, "lr must be a finite number"),
+        ({"device": "gpu"}, "device must be 'auto' or a torch device"),
     ],
 )
 def test_invalid_values_rejected_with_key(values, message):

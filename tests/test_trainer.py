@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from labkit import ExperimentConfig, fit
+from labkit import ConfigError, ExperimentConfig, fit
 from labkit.data import to_device_data
 from labkit.trainer import evaluate, load_checkpoint
 
@@ -140,5 +140,5 @@ def test_more_classes_in_data_than_network_rejected(tiny_data):
 def test_cuda_request_without_cuda_is_explained():
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
-    with pytest.raises(RuntimeError, match="CUDA is not available"):
+    with pytest.raises(ConfigError, match="CUDA is not available"):
         fit(ExperimentConfig(**{**TINY, "device": "cuda"}))
