@@ -227,7 +227,7 @@ def prepare_folder(folder: str | Path, config: dict, resume: bool, overwrite: bo
         return False
     if not resume:
         raise RunFolderError(
-            f"{folder} already holds results ({', '.join(present)}); "
+            f"{folder} already contains results ({', '.join(present)}); "
             "resume it (resume=True, --resume) or replace it (overwrite=True, --overwrite)"
         )
     if not (folder / CHECKPOINTS / LATEST).exists():

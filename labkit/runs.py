@@ -17,7 +17,7 @@ SUMMARY_COLUMNS = ["train_acc", "train_loss", "val_acc", "val_loss"]
 
 
 class RunNotFoundError(FileNotFoundError):
-    """A folder that holds no run this module can read."""
+    """A folder that contains no run this module can read."""
 
 
 @dataclass
@@ -116,7 +116,7 @@ def results_folder(path: str | Path) -> tuple[Path, str]:
     if (path / COURSE_RESULTS / runfolder.SUMMARY).is_file():
         return path / COURSE_RESULTS, "course"
     raise RunNotFoundError(
-        f"{path} holds no run: expected {runfolder.SUMMARY} there or in {COURSE_RESULTS}/ (a course result folder)"
+        f"{path} contains no run: expected {runfolder.SUMMARY} there or in {COURSE_RESULTS}/ (a course result folder)"
     )
 
 

@@ -53,7 +53,7 @@ class CheckpointError(runfolder.RunFolderError):
 
 @dataclass
 class RunResult:
-    """What a training run produced; the same data as its run folder."""
+    """Outputs of a training run, the same data as its run folder."""
 
     config: ExperimentConfig
     history: list[dict] = field(default_factory=list)  # one row per epoch
@@ -112,7 +112,7 @@ def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Genera
 
 @dataclass
 class _Execution:
-    """How steps run on the device: autocast, memory format, sync interval."""
+    """Step settings on the device: autocast, memory format and sync interval."""
 
     device: torch.device
     bf16: bool

@@ -93,7 +93,7 @@ def test_parameter_names_are_readable():
     assert names[-2:] == ["classifier.weight", "classifier.bias"]
 
 
-def test_reduction_convs_have_bias_and_processing_convs_do_not():
+def test_conv_bias_by_block_type():
     model = build_network(1, num_stages=1)
     assert model.features.stage1.block1.conv1.bias is None
     assert model.features.stage1.reduce.conv1.bias is not None
